@@ -1,0 +1,87 @@
+"""Request and response models of the HTTP API: pydantic lives here, at the edge, and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kbsearch.types import Answer
+
+
+class AskRequest(BaseModel):
+    """Body of ``POST /ask``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(..., min_length=1, max_length=2000, description="The user's question.")
+    top_k: int = Field(3, ge=1, le=20, description="How many results to return.")
+    kb: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Knowledge base name.")
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question must contain a non-whitespace character")
+        return v
+
+
+class ResultScores(BaseModel):
+    """Every stage's score for one result (null where the stage did not score it)."""
+
+    vector: float | None
+    bm25: float | None
+    rerank: float | None
+
+
+class Result(BaseModel):
+    """One FAQ in the result list."""
+
+    id: str
+    question: str
+    answer: str
+    section: str
+    score: float
+    scores: ResultScores
+    merged_ids: list[str]
+    matched: str = Field(description="Which index row matched best: question, variant or chunk.")
+
+
+class HandoffOut(BaseModel):
+    """Why the question goes to a human, and the message for the user."""
+
+    reason: str
+    message: str
+
+
+class AskResponse(BaseModel):
+    """Body of the ``POST /ask`` response."""
+
+    answered: bool
+    answer: str | None
+    results: list[Result]
+    handoff: HandoffOut | None
+    mode: Literal["rerank", "vector", "bm25", "canned"]
+    degraded: bool
+    request_id: str
+    index_version: str
+    timings_ms: dict[str, float]
+    notes: list[str]
+
+    @classmethod
+    def from_answer(cls, a: Answer, request_id: str) -> AskResponse:
+        """Render a library ``Answer``."""
+        results = [
+            Result(id=h.entry.id, question=h.entry.question, answer=h.entry.answer, section=h.entry.section,
+                   score=h.score, scores=ResultScores(vector=h.scores.vector, bm25=h.scores.bm25,
+                                                      rerank=h.scores.rerank),
+                   merged_ids=list(h.entry.merged_ids), matched=h.matched.kind)
+            for h in a.hits
+        ]
+        best = a.best
+        return cls(
+            answered=a.answered, answer=best.entry.answer if best else None, results=results,
+            handoff=HandoffOut(reason=a.handoff.reason, message=a.handoff.message) if a.handoff else None,
+            mode=a.mode, degraded=a.degraded, request_id=request_id, index_version=a.index_version,
+            timings_ms=a.timings_ms, notes=list(a.notes),
+        )

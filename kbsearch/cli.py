@@ -1,0 +1,172 @@
+"""The ``kbsearch`` command line: thin subcommands over the library.
+
+Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 corrupt index, 4 not found, 5 backend failure,
+6 not ready, 7 missing dependency (see ``kbsearch.errors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kbsearch.config import Settings
+from kbsearch.errors import BadInputError, KbsearchError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "home", None):
+        overrides["home"] = Path(args.home)
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return Settings(**overrides)
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Parse, validate, dedupe, filter and chunk the files, then build and activate a new index."""
+    from kbsearch.embed import make_embedder
+    from kbsearch.index.builder import build_index
+    from kbsearch.ingest import run_ingest
+
+    kb = args.kb or settings.default_kb
+    result = run_ingest([Path(p) for p in args.paths], settings, strict=args.strict, progress=True)
+    print(result.report.render(), file=sys.stderr)
+    if not result.entries:
+        raise BadInputError("no entry was kept: nothing to index (the active build, if any, is unchanged)")
+    print(f"embedding {len(result.entries)} entries with the {settings.embed_backend} model…", file=sys.stderr)
+    built = build_index(settings, kb, result.entries, result.chunks, make_embedder(settings),
+                        result.report.to_json(), progress=True)
+    for stage, seconds in built.seconds.items():
+        result.report.add_stage(stage, seconds)
+    summary = {"kb": kb, "build_id": built.build_id, "path": str(built.path), "rows": built.rows,
+               "report": result.report.to_json()}
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+    else:
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in built.seconds.items())
+        print(f"built {built.build_id} for kb {kb!r}: {built.rows} index rows ({times})")
+        print(f"report saved to {built.path / 'report.json'}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-embed the active build's entries into a new build and swap it in."""
+    from kbsearch.embed import make_embedder
+    from kbsearch.index.builder import rebuild_index
+
+    kb = args.kb or settings.default_kb
+    built = rebuild_index(settings, kb, make_embedder(settings), progress=True)
+    print(f"rebuilt kb {kb!r} as {built.build_id}: {built.rows} index rows")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask one question through the same query function the API uses."""
+    from kbsearch.api.models import AskResponse
+    from kbsearch.service import make_engine
+
+    engine = make_engine(settings)
+    engine.load()
+    try:
+        answer = engine.ask(args.question, kb=args.kb, top_k=args.top_k)
+    finally:
+        engine.close()
+    if args.json:
+        print(AskResponse.from_answer(answer, request_id="cli").model_dump_json(indent=2))
+        return 0
+    flag = " (degraded)" if answer.degraded else ""
+    if answer.answered:
+        best = answer.hits[0]
+        print(f"[{best.entry.id}] {best.entry.question}  ({answer.mode} {best.score:.3f}){flag}")
+        print(best.entry.answer)
+    else:
+        assert answer.handoff is not None
+        print(f"HAND-OFF ({answer.handoff.reason}){flag}: {answer.handoff.message}")
+    if len(answer.hits) > (1 if answer.answered else 0):
+        print("\ncandidates:")
+        for h in answer.hits:
+            print(f"  {h.score:.3f}  [{h.entry.id}] {h.entry.question}")
+    for note in answer.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the HTTP API with uvicorn."""
+    import uvicorn
+
+    from kbsearch.api.app import create_app
+
+    app = create_app(settings)
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"kbsearch serving kb {settings.default_kb!r} from {settings.home} on {base}\n"
+        f"  ask:    curl -s {base}/ask -H 'content-type: application/json' "
+        f"-d '{{\"question\": \"怎么申请退货？\"}}'\n"
+        f"  docs:   {base}/docs    ready: {base}/readyz",
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="kbsearch", description=__doc__.splitlines()[0])
+    p.add_argument("--home", help="state directory (default: $KBSEARCH_HOME or ./indexes)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("ingest", help="load FAQ files into a new index build")
+    s.add_argument("paths", nargs="+", help="FAQ files or directories (jsonl, json, csv, tsv, xlsx, md)")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.add_argument("--strict", action="store_true", help="fail the whole ingest on any bad row")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("rebuild-index", help="re-embed the active build into a new build")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("serve", help="run the HTTP API")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("ask", help="ask one question")
+    s.add_argument("question")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.add_argument("--top-k", type=int, default=None, help="results to return (default 3)")
+    s.add_argument("--json", action="store_true", help="print the API's JSON response")
+    s.set_defaults(func=cmd_ask)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kbsearch`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _settings(args)
+        return args.func(args, settings)
+    except ValidationError as exc:
+        print(f"kbsearch: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except KbsearchError as exc:
+        print(f"kbsearch: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValueError as exc:
+        print(f"kbsearch: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

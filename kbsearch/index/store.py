@@ -1,0 +1,252 @@
+"""Versioned builds on disk and the atomic pointer that says which one is served.
+
+Layout under ``Settings.home``::
+
+    <kb>/ACTIVE                    the active build id (replaced atomically with os.replace)
+    <kb>/builds/<build_id>/        one immutable directory per build:
+        manifest.json              model, dimension, prompts, counts, sha256 of every file, created_at
+        entries.jsonl chunks.jsonl rows.jsonl vectors.faiss bm25.json report.json
+
+A build is written into ``builds/.tmp-<id>`` and renamed into place only when complete, then ACTIVE is
+swapped. A crash at any point leaves the previous build served. Loading verifies the checksums.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbsearch.errors import IndexCorruptError, NotFoundError
+from kbsearch.index.vector import Device, FaissIndex
+from kbsearch.lexical.bm25 import BM25Index
+from kbsearch.types import Chunk, FaqEntry, IndexRow
+
+MANIFEST = "manifest.json"
+ACTIVE = "ACTIVE"
+VECTORS = "vectors.faiss"
+BM25_FILE = "bm25.json"
+DATA_FILES = ("entries.jsonl", "chunks.jsonl", "rows.jsonl", VECTORS, BM25_FILE, "report.json")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
+    with open(path, "x", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def new_build_id(now: dt.datetime | None = None) -> str:
+    """A sortable, unique build id, e.g. ``20261122T101500Z-1a2b3c``."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def active_build_id(kb_dir: Path) -> str | None:
+    """The build id ACTIVE points to, or None when the KB has no active build."""
+    try:
+        value = (kb_dir / ACTIVE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+def swap_active(kb_dir: Path, build_id: str) -> None:
+    """Point ACTIVE at ``build_id`` atomically (write a temp file, fsync, os.replace)."""
+    if not (kb_dir / "builds" / build_id / MANIFEST).is_file():
+        raise NotFoundError(f"build {build_id} does not exist under {kb_dir}")
+    tmp = kb_dir / f".{ACTIVE}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(build_id + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, kb_dir / ACTIVE)
+
+
+def write_build(
+    kb_dir: Path,
+    *,
+    entries: list[FaqEntry],
+    chunks: list[Chunk],
+    rows: list[IndexRow],
+    vectors: FaissIndex,
+    bm25: BM25Index,
+    report: dict[str, Any],
+    manifest: dict[str, Any],
+    keep: int = 3,
+    build_id: str | None = None,
+) -> str:
+    """Write a complete build, activate it, prune old builds, and return its id.
+
+    Args:
+        kb_dir: The KB's directory (created if needed).
+        entries, chunks, rows: What the build serves; ``rows[i]`` is vector ``i`` and BM25 doc ``i``.
+        vectors, bm25: The indexes over ``rows``.
+        report: The ingest report (saved as report.json).
+        manifest: Extra manifest fields (embedder description, settings); counts and checksums are added.
+        keep: How many builds to keep after the swap (the active one always stays).
+        build_id: Explicit id (tests); default a new timestamped id.
+    """
+    if len(rows) != len(vectors) or len(rows) != len(bm25):
+        raise ValueError(f"rows ({len(rows)}), vectors ({len(vectors)}) and bm25 ({len(bm25)}) disagree")
+    build_id = build_id or new_build_id()
+    builds = kb_dir / "builds"
+    builds.mkdir(parents=True, exist_ok=True)
+    tmp = builds / f".tmp-{build_id}"
+    tmp.mkdir()
+    try:
+        _write_jsonl(tmp / "entries.jsonl", [e.to_json() for e in entries])
+        _write_jsonl(tmp / "chunks.jsonl", [c.to_json() for c in chunks])
+        _write_jsonl(tmp / "rows.jsonl", [r.to_json() for r in rows])
+        vectors.save(tmp / VECTORS)
+        bm25.save(tmp / BM25_FILE)
+        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        full = {
+            **manifest,
+            "build_id": build_id,
+            "kb": kb_dir.name,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "dimension": vectors.dim,
+            "counts": {"entries": len(entries), "chunks": len(chunks), "rows": len(rows)},
+            "checksums": {name: sha256_file(tmp / name) for name in DATA_FILES},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(full, ensure_ascii=False, indent=2), encoding="utf-8")
+        os.replace(tmp, builds / build_id)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_active(kb_dir, build_id)
+    prune_builds(kb_dir, keep)
+    return build_id
+
+
+def prune_builds(kb_dir: Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` builds (never the active one); return the deleted ids."""
+    active = active_build_id(kb_dir)
+    builds = sorted((p for p in (kb_dir / "builds").iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.name, reverse=True)
+    deleted = []
+    for p in builds[keep:]:
+        if p.name != active:
+            shutil.rmtree(p, ignore_errors=True)
+            deleted.append(p.name)
+    return deleted
+
+
+@dataclass
+class Build:
+    """A loaded build: everything the query path needs for one KB.
+
+    Attributes:
+        build_id: The build's id (reported as ``index_version``).
+        path: The build directory.
+        manifest: The parsed manifest.
+        entries: FAQ entries by id.
+        chunks: Chunks by ``(faq_id, ordinal)``.
+        rows: Index rows, row ``i`` = vector ``i`` = BM25 doc ``i``.
+        vectors: The vector index, or None when it failed to load (the service then runs on BM25).
+        vector_error: Why the vector index is missing, when it is.
+        bm25: The BM25 index, or None when it failed to load.
+        bm25_error: Why the BM25 index is missing, when it is.
+    """
+
+    build_id: str
+    path: Path
+    manifest: dict[str, Any]
+    entries: dict[str, FaqEntry]
+    chunks: dict[tuple[str, int], Chunk]
+    rows: list[IndexRow]
+    vectors: FaissIndex | None
+    vector_error: str | None
+    bm25: BM25Index | None
+    bm25_error: str | None
+
+
+def _load_part(loader: Callable[[], Any]) -> tuple[Any, str | None]:
+    try:
+        return loader(), None
+    except IndexCorruptError as exc:
+        return None, str(exc)
+
+
+def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto") -> Build:
+    """Load a build (the active one by default), verifying every file's checksum.
+
+    The entries, chunks and rows must be intact (else ``IndexCorruptError``); a missing or corrupt
+    vector or BM25 index is recorded on the ``Build`` instead, so the service can still answer from
+    the other one.
+
+    Raises:
+        NotFoundError: no such KB or build.
+        IndexCorruptError: the manifest or the entry data is missing or fails its checksum.
+    """
+    build_id = build_id or active_build_id(kb_dir)
+    if build_id is None:
+        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build under {kb_dir.parent}")
+    path = kb_dir / "builds" / build_id
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(f"build {build_id} has no manifest at {path}") from exc
+    except ValueError as exc:
+        raise IndexCorruptError(f"build {build_id} manifest is not valid JSON: {exc}") from exc
+    checksums: dict[str, str] = manifest.get("checksums", {})
+
+    def verify(name: str) -> Path:
+        p = path / name
+        if not p.is_file():
+            raise IndexCorruptError(f"{p} is missing")
+        if checksums.get(name) != sha256_file(p):
+            raise IndexCorruptError(f"{p} fails its checksum (the file changed after the build)")
+        return p
+
+    try:
+        entries = [FaqEntry.from_json(d) for d in _read_jsonl(verify("entries.jsonl"))]
+        chunks = [Chunk.from_json(d) for d in _read_jsonl(verify("chunks.jsonl"))]
+        rows = [IndexRow.from_json(d) for d in _read_jsonl(verify("rows.jsonl"))]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexCorruptError(f"build {build_id} entry data is malformed: {exc}") from exc
+    vectors, vector_error = _load_part(lambda: FaissIndex.load(verify(VECTORS), device=device))
+    bm25, bm25_error = _load_part(lambda: BM25Index.load(verify(BM25_FILE)))
+    for name, idx in (("vector", vectors), ("bm25", bm25)):
+        if idx is not None and len(idx) != len(rows):
+            raise IndexCorruptError(f"build {build_id}: {name} index has {len(idx)} rows, rows.jsonl {len(rows)}")
+    return Build(
+        build_id=build_id,
+        path=path,
+        manifest=manifest,
+        entries={e.id: e for e in entries},
+        chunks={(c.faq_id, c.ordinal): c for c in chunks},
+        rows=rows,
+        vectors=vectors,
+        vector_error=vector_error,
+        bm25=bm25,
+        bm25_error=bm25_error,
+    )
+
+
+def list_kbs(home: Path) -> list[str]:
+    """Names of the KBs under ``home`` that have an active build."""
+    if not home.is_dir():
+        return []
+    return sorted(p.name for p in home.iterdir() if p.is_dir() and active_build_id(p))

@@ -1,0 +1,18 @@
+"""Hand-off messages: what the user is told when a human agent takes over."""
+
+from __future__ import annotations
+
+from kbsearch.config import Settings
+from kbsearch.lexical.tokenize import has_cjk
+from kbsearch.types import Handoff
+
+
+def language_of(text: str) -> str:
+    """``zh`` when the text contains CJK ideographs, else ``en`` (mixed questions count as Chinese)."""
+    return "zh" if has_cjk(text) else "en"
+
+
+def handoff_for(question: str, reason: str, settings: Settings) -> Handoff:
+    """A hand-off in the question's language, with a machine-readable ``reason``."""
+    message = settings.handoff_message_zh if language_of(question) == "zh" else settings.handoff_message_en
+    return Handoff(reason=reason, message=message)

@@ -1,0 +1,330 @@
+"""The one query function the API and the CLI share, with its fallback chain.
+
+Normal path: embed the question -> FAISS top ``vector_top_k`` rows -> group rows to FAQs (max) -> drop
+entries that are not valid today -> rerank the best ``rerank_top_k`` FAQs (unless the reranker is
+``none``) -> top ``top_k`` -> compare the deciding score with *its own* threshold -> answer or hand off.
+
+Fallbacks: if embedding or vector search fails (exception, timeout, missing or corrupt index), BM25
+answers with ``degraded=True``; if BM25 fails too, the canned hand-off message. If the reranker fails,
+the vector ranking decides (degraded). No backend failure escapes as an exception.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from kbsearch.config import Settings
+from kbsearch.embed.base import Embedder
+from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
+from kbsearch.index.store import Build, active_build_id, load_build
+from kbsearch.rerank.base import Reranker
+from kbsearch.service.handoff import handoff_for
+from kbsearch.types import Answer, FaqEntry, Hit, IndexRow, Mode, Scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Candidate:
+    entry: FaqEntry
+    row: IndexRow
+    vector: float | None = None
+    bm25: float | None = None
+    rerank: float | None = None
+
+
+def _group(rows: np.ndarray, scores: np.ndarray, build: Build, today: dt.date, kind: str) -> list[_Candidate]:
+    """Collapse index rows into one candidate per FAQ id (best row wins), valid entries only, best first."""
+    best: dict[str, _Candidate] = {}
+    for r, s in zip(rows.tolist(), scores.tolist()):
+        if r < 0:
+            continue
+        row = build.rows[r]
+        entry = build.entries.get(row.faq_id)
+        if entry is None or not entry.is_valid_on(today):
+            continue
+        cand = best.get(row.faq_id)
+        if cand is None:
+            best[row.faq_id] = _Candidate(entry=entry, row=row, **{kind: float(s)})
+        elif float(s) > getattr(cand, kind):
+            cand.row = row
+            setattr(cand, kind, float(s))
+    return sorted(best.values(), key=lambda c: -getattr(c, kind))
+
+
+def rerank_text(cand: _Candidate, build: Build) -> str:
+    """The document a reranker judges: the FAQ question plus the matched chunk (or the whole answer)."""
+    if cand.row.kind == "chunk":
+        chunk = build.chunks.get((cand.entry.id, cand.row.chunk))
+        if chunk is not None:
+            return chunk.text
+    return f"{cand.entry.question}\n{cand.entry.answer}"
+
+
+class QueryEngine:
+    """Answers questions against the active build of each KB.
+
+    Args:
+        settings: Service settings (thresholds, top-k, timeouts, hand-off messages).
+        embedder: The query embedder (must match the builds' model).
+        reranker: The second stage (``enabled=False`` to skip it).
+        clock: Returns "today" for validity checks (tests inject a fixed day).
+    """
+
+    def __init__(self, settings: Settings, embedder: Embedder, reranker: Reranker,
+                 clock: Callable[[], dt.date] = dt.date.today):
+        self.settings = settings
+        self.embedder = embedder
+        self.reranker = reranker
+        self._clock = clock
+        self._builds: dict[str, Build] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsearch-vector")
+        self.embedder_error: str | None = None
+        self.reranker_error: str | None = None
+        self.loaded = False
+
+    # ---------------------------------------------------------------- loading
+    def load(self) -> None:
+        """Load the models and the default KB's active build (idempotent).
+
+        A model that fails to load is recorded, not raised: the service then runs degraded (BM25),
+        and ``status()`` says why.
+        """
+        if self.loaded:
+            return
+        try:
+            self.embedder.load()
+        except Exception as exc:  # any model-loading failure: serve from BM25 and report it
+            self.embedder_error = f"{type(exc).__name__}: {exc}"
+            log.error("embedder failed to load: %s", self.embedder_error)
+        try:
+            self.reranker.load()
+        except Exception as exc:
+            self.reranker_error = f"{type(exc).__name__}: {exc}"
+            log.error("reranker failed to load: %s", self.reranker_error)
+        try:
+            self.build(self.settings.default_kb)
+        except NotFoundError:
+            log.warning("knowledge base %r has no build yet; run `kbsearch ingest`", self.settings.default_kb)
+        except IndexCorruptError as exc:
+            log.error("default knowledge base is corrupt: %s", exc)
+        self.loaded = True
+
+    def build(self, kb: str) -> Build:
+        """The loaded active build of ``kb``, reloaded when ACTIVE has moved.
+
+        Raises:
+            NotFoundError: the KB does not exist or has no active build.
+            IndexCorruptError: the active build is unreadable and no earlier build is loaded.
+        """
+        kb_dir = self.settings.kb_dir(kb)
+        active = active_build_id(kb_dir)
+        if active is None:
+            raise NotFoundError(f"unknown knowledge base {kb!r}")
+        current = self._builds.get(kb)
+        if current is not None and current.build_id == active:
+            return current
+        with self._lock:
+            current = self._builds.get(kb)
+            if current is not None and current.build_id == active:
+                return current
+            try:
+                fresh = load_build(kb_dir, active, device=self.settings.device)
+            except IndexCorruptError:
+                if current is not None:
+                    log.exception("new build %s of %r is corrupt; still serving %s", active, kb, current.build_id)
+                    return current
+                raise
+            self._builds[kb] = fresh
+            return fresh
+
+    def status(self) -> dict[str, object]:
+        """Readiness: models and builds loaded, with reasons for anything that is not."""
+        kbs = {
+            name: {"build": b.build_id, "entries": len(b.entries), "vector": b.vector_error or "ok",
+                   "bm25": b.bm25_error or "ok"}
+            for name, b in self._builds.items()
+        }
+        return {
+            "loaded": self.loaded,
+            "embedder": self.embedder_error or "ok",
+            "reranker": self.reranker_error or ("ok" if self.reranker.enabled else "none"),
+            "kbs": kbs,
+            "ready": self.loaded and self.embedder_error is None and bool(kbs)
+            and all(v["vector"] == "ok" for v in kbs.values()),
+        }
+
+    # ---------------------------------------------------------------- asking
+    def ask(self, question: str, kb: str | None = None, top_k: int | None = None) -> Answer:
+        """Answer one question from ``kb`` (default ``settings.default_kb``).
+
+        Raises:
+            NotFoundError: the KB does not exist (the API maps this to 404). Every backend failure
+                is turned into a degraded answer or the canned hand-off instead.
+        """
+        kb = kb or self.settings.default_kb
+        top_k = top_k or self.settings.top_k
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        today = self._clock()
+        try:
+            build = self.build(kb)
+        except IndexCorruptError as exc:
+            log.error("cannot load knowledge base %r: %s", kb, exc)
+            return self._canned(question, f"index-unavailable: {exc}", "", timings, t0)
+
+        bm25_scores = self._bm25_all(question, build, timings)
+
+        # 1. vector path
+        try:
+            cands = self._vector(question, build, today, timings)
+        except KbsearchError as exc:
+            notes.append(f"vector path failed: {exc}")
+            log.warning("vector path failed for %r: %s", kb, exc)
+            cands = None
+        if cands is not None:
+            mode: Mode = "vector"
+            degraded = False
+            self._attach_bm25(cands, build, bm25_scores)
+            if self.reranker.enabled and self.reranker_error is None and cands:
+                try:
+                    self._rerank(question, cands, build, timings)
+                    mode = "rerank"
+                except Exception as exc:  # a reranker that is down must not fail the request
+                    degraded = True
+                    notes.append(f"reranker failed, vector ranking used: {type(exc).__name__}: {exc}")
+                    log.warning("reranker failed: %s", exc)
+            elif not self.reranker.enabled:
+                notes.append("reranker: none (stage skipped; vector cosine decides)")
+            else:
+                degraded = True
+                notes.append(f"reranker unavailable, vector ranking used: {self.reranker_error}")
+            return self._finish(question, cands, mode, degraded, build, top_k, timings, notes, t0)
+
+        # 2. BM25 fallback
+        if bm25_scores is None:
+            reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
+            return self._canned(question, reason, build.build_id, timings, t0, notes)
+        raw, norm = bm25_scores
+        k = min(self.settings.bm25_top_k, len(raw))
+        top = np.argsort(-norm, kind="stable")[:k]
+        top = top[raw[top] > 0]
+        cands = _group(top, norm[top], build, today, "bm25")
+        return self._finish(question, cands, "bm25", True, build, top_k, timings, notes, t0)
+
+    # ---------------------------------------------------------------- stages
+    def _bm25_all(self, question: str, build: Build, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Raw and normalised BM25 scores of every row, or None when BM25 is unavailable."""
+        if build.bm25 is None:
+            return None
+        t = time.perf_counter()
+        try:
+            raw, bound = build.bm25.scores(question)
+        except Exception as exc:  # rank-bm25 internals: keep serving from the vector path
+            log.warning("BM25 failed: %s", exc)
+            return None
+        finally:
+            timings["bm25"] = (time.perf_counter() - t) * 1000
+        norm = np.clip(raw / bound, 0.0, 1.0) if bound > 0 else np.zeros_like(raw)
+        return raw, norm.astype(np.float32)
+
+    def _vector(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate]:
+        if self.embedder_error is not None:
+            raise IndexCorruptError(f"embedder not loaded: {self.embedder_error}")
+        if build.vectors is None:
+            raise IndexCorruptError(build.vector_error or "vector index missing")
+        index = build.vectors
+
+        def run() -> tuple[np.ndarray, np.ndarray]:
+            q = self.embedder.embed_queries([question])
+            return index.search(q, self.settings.vector_top_k)
+
+        t = time.perf_counter()
+        future = self._pool.submit(run)
+        try:
+            scores, rows = future.result(timeout=self.settings.vector_timeout_s)
+        except FutureTimeout as exc:
+            future.cancel()
+            raise _VectorFailure(f"timed out after {self.settings.vector_timeout_s}s") from exc
+        except Exception as exc:  # model or FAISS errors of any type
+            raise _VectorFailure(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            timings["vector"] = (time.perf_counter() - t) * 1000
+        return _group(rows[0], scores[0], build, today, "vector")
+
+    @staticmethod
+    def _attach_bm25(cands: list[_Candidate], build: Build,
+                     bm25_scores: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if bm25_scores is None:
+            return
+        norm = bm25_scores[1]
+        best: dict[str, float] = {}
+        for i, row in enumerate(build.rows):
+            if norm[i] > best.get(row.faq_id, 0.0):
+                best[row.faq_id] = float(norm[i])
+        for c in cands:
+            c.bm25 = best.get(c.entry.id, 0.0)
+
+    def _rerank(self, question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
+        head = cands[: self.settings.rerank_top_k]
+        t = time.perf_counter()
+        try:
+            scores = self.reranker.score(question, [rerank_text(c, build) for c in head])
+        finally:
+            timings["rerank"] = (time.perf_counter() - t) * 1000
+        for c, s in zip(head, scores):
+            c.rerank = float(s)
+        # FAQs beyond the rerank window keep their vector order after the reranked ones.
+        cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
+
+    # ---------------------------------------------------------------- results
+    def _threshold(self, mode: Mode) -> float:
+        return {"rerank": self.settings.threshold_rerank, "vector": self.settings.threshold_vector,
+                "bm25": self.settings.threshold_bm25}[mode]
+
+    def _finish(self, question: str, cands: list[_Candidate], mode: Mode, degraded: bool, build: Build,
+                top_k: int, timings: dict[str, float], notes: list[str], t0: float) -> Answer:
+        kind = mode if mode != "canned" else "vector"
+        hits = tuple(
+            Hit(entry=c.entry, score=float(getattr(c, kind) or 0.0),
+                scores=Scores(vector=c.vector, bm25=c.bm25, rerank=c.rerank), matched=c.row)
+            for c in cands[:top_k]
+        )
+        threshold = self._threshold(mode)
+        handoff = None
+        if not hits:
+            handoff = handoff_for(question, "no-match: no candidate FAQ", self.settings)
+        elif hits[0].score < threshold:
+            handoff = handoff_for(
+                question, f"below-threshold: {mode} score {hits[0].score:.3f} < threshold_{mode} {threshold:.3f}",
+                self.settings)
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return Answer(answered=handoff is None, hits=hits, handoff=handoff, mode=mode, degraded=degraded,
+                      index_version=build.build_id, timings_ms={k: round(v, 2) for k, v in timings.items()},
+                      notes=tuple(notes))
+
+    def _canned(self, question: str, reason: str, index_version: str, timings: dict[str, float], t0: float,
+                notes: list[str] | None = None) -> Answer:
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return Answer(answered=False, hits=(), handoff=handoff_for(question, reason, self.settings),
+                      mode="canned", degraded=True, index_version=index_version,
+                      timings_ms={k: round(v, 2) for k, v in timings.items()}, notes=tuple(notes or ()))
+
+    def close(self) -> None:
+        """Release the worker threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _VectorFailure(KbsearchError):
+    """The embedding model or the vector index failed for this question (the query falls back)."""

