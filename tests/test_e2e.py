@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 def sample_questions() -> list[tuple[str, str]]:
-    """(question, expected id or 'handoff') rows of kb/sample_questions.md's table."""
+    """(question, expected id or 'handoff') rows of docs/sample_questions.md's table."""
     rows = []
-    for line in (REPO / "kb" / "sample_questions.md").read_text(encoding="utf-8").splitlines():
+    for line in (REPO / "docs" / "sample_questions.md").read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 2 and cells[0] and not set(cells[0]) <= set("-: ") and cells[0].lower() != "question":
             rows.append((cells[0], cells[1].strip("`")))
@@ -84,11 +84,12 @@ def server(tmp_path_factory):
 
 def test_ingest_report_adds_up(server):
     _, summary = server
-    report = summary["report"]
-    counts = report["counts"]
-    assert counts["loaded"] == counts["kept"] + counts["merged"] + counts["expired"]
-    assert counts["merged"] > 0 and counts["expired"] > 0 and counts["kept"] >= 60
-    assert counts["chunks"] > counts["kept"]  # long answers were split
+    r = summary["report"]
+    assert r["rows_read"] == r["loaded"] + r["rejected_count"] + r["identical_repeats"]
+    assert r["loaded"] == r["kept"] + r["merged_entries"] + r["expired_count"]
+    assert r["merged_entries"] > 0 and r["expired_count"] > 0 and r["kept"] >= 60 and r["flagged_count"] > 0
+    assert r["chunks"] > r["kept"]  # long answers were split
+    assert not any("README" in f for f in r["files"])  # documentation is not ingested
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])

@@ -27,6 +27,8 @@ BM25_TOKENIZER = "char"
 def make_rows(entries: list[FaqEntry], chunks: list[Chunk]) -> list[IndexRow]:
     """One row per text a question can match: the question, each variant, each answer chunk.
 
+    Entries whose answer is just their question (intent datasets) get no chunk rows.
+
     Rows are grouped back to one result per FAQ id at query time (max over its rows).
     """
     by_faq: dict[str, list[Chunk]] = {}
@@ -36,6 +38,8 @@ def make_rows(entries: list[FaqEntry], chunks: list[Chunk]) -> list[IndexRow]:
     for e in entries:
         rows.append(IndexRow(faq_id=e.id, kind="question", text=e.question))
         rows.extend(IndexRow(faq_id=e.id, kind="variant", text=v) for v in e.variants)
+        if e.answer.strip() == e.question.strip():
+            continue  # intent data (no answer text): the chunk would only repeat the question
         for c in sorted(by_faq.get(e.id, []), key=lambda c: c.ordinal):
             rows.append(IndexRow(faq_id=e.id, kind="chunk", text=c.text, chunk=c.ordinal))
     return rows

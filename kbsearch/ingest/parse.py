@@ -1,0 +1,481 @@
+"""Read FAQ files of every supported format into raw records with canonical field names.
+
+Formats (by extension, case-insensitive):
+
+* ``.jsonl`` / ``.ndjson``: one JSON object per line; a bad line is rejected, the rest is read.
+* ``.json``: a list of objects, or ``{"entries": [...]}`` (a file of JSON lines is read as JSONL).
+* ``.csv`` / ``.tsv``: a header row, then one entry per row; ``variants`` and ``tags`` cells are
+  ``|``-separated (newlines also separate).
+* ``.xlsx``: the first sheet, header in row 1 (openpyxl; date cells are read as dates).
+* ``.md`` / ``.markdown``: ``# Section``, ``## Question``, then the answer up to the next ``#``/``##``
+  heading (``###`` and deeper belong to the answer). An optional HTML comment right after the
+  question line carries the other fields, e.g. ``<!-- id: rt-1; valid_until: 2025-12-31;
+  variants: 怎么退货|退货流程 -->`` (keys take the same aliases as columns).
+
+Column and key names are matched through ``FIELD_ALIASES`` (English and the usual Chinese names,
+case, spaces, ``_`` and ``-`` ignored). Unknown columns are ignored and noted once per file. In JSON,
+``meta`` is a free-form bag: its keys that name a field (``meta.subject`` -> section) fill fields the
+object lacks, the rest is ignored.
+
+Text files are decoded as UTF-8 (BOM or not), UTF-16 with a BOM, or GB18030 (which covers GBK/GB2312,
+common in Chinese Excel exports). A UTF-8 file with a few damaged bytes stays UTF-8 and only the rows
+holding the damage are rejected; a file that is neither is reported as unreadable.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import json
+import re
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kbsearch.errors import BadInputError
+from kbsearch.ingest.report import Problem
+
+#: Extension -> format name.
+SUPPORTED_EXTENSIONS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".xlsx": "xlsx",
+    ".md": "markdown",
+    ".markdown": "markdown",
+}
+
+#: Canonical field -> accepted column/key names (compared after ``alias_key``).
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("id", "faq_id", "faqid", "编号", "ID"),
+    "question": ("question", "q", "title", "standard_question", "问题", "标准问题", "标准问", "问"),
+    "answer": ("answer", "a", "reply", "response", "答案", "回答", "答", "标准答案"),
+    "variants": (
+        "variants", "similar", "similar_questions", "paraphrases", "alternates",
+        "相似问题", "相似问法", "相似问", "扩展问", "扩展问题",
+    ),
+    "section": ("section", "category", "subject", "topic", "group", "分类", "类别", "栏目", "章节"),
+    "valid_until": (
+        "valid_until", "valid_to", "expires", "expires_at", "expiry", "expiry_date", "expiration",
+        "end_date", "有效期至", "失效日期", "截止日期", "失效时间",
+    ),
+    "valid_from": (
+        "valid_from", "effective", "effective_from", "effective_date", "start_date",
+        "生效日期", "生效时间",
+    ),
+    "updated_at": (
+        "updated_at", "updated", "last_updated", "modified", "update_time", "更新时间", "更新日期",
+    ),
+    "tags": ("tags", "tag", "labels", "标签"),
+}
+
+#: Keys that are known but carry no field of their own (JSON ``meta`` is unpacked separately).
+_KNOWN_NON_FIELDS = frozenset({"meta"})
+
+#: Share of non-ASCII characters that may be damaged before a file stops counting as UTF-8.
+_UTF8_DAMAGE_TOLERANCE = 0.05
+
+
+def alias_key(name: str) -> str:
+    """Fold a column/key name for alias lookup: NFKC, lowercase, no spaces, ``_``, ``-`` or ``.``."""
+    return re.sub(r"[\s_\-.]+", "", unicodedata.normalize("NFKC", name)).lower()
+
+
+_ALIAS_TO_FIELD: dict[str, str] = {
+    alias_key(alias): name for name, aliases in FIELD_ALIASES.items() for alias in aliases
+}
+
+
+def canonical_field(name: str) -> str | None:
+    """Return the canonical field a column/key name stands for, or None when unknown."""
+    return _ALIAS_TO_FIELD.get(alias_key(str(name)))
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One entry as read, before validation.
+
+    Attributes:
+        file: The file it came from.
+        line: 1-based line (text formats), sheet row (XLSX) or item number (JSON array).
+        fields: Canonical field name -> value as read (str, list, number, date, None).
+    """
+
+    file: str
+    line: int
+    fields: dict[str, Any]
+
+    @property
+    def location(self) -> str:
+        """``file:line``, the form reports and ``FaqEntry.source`` use."""
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class ParsedFile:
+    """Everything read from one file.
+
+    Attributes:
+        path: The file.
+        records: Rows that parsed into records.
+        rejected: Rows that could not be parsed at all (invalid JSON line, damaged bytes, ...).
+        notes: Remarks about the file (unknown columns, ignored text).
+        error: Set when the file could not be read at all; then nothing else is.
+    """
+
+    path: str
+    records: list[RawRecord] = field(default_factory=list)
+    rejected: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
+    error: Problem | None = None
+
+
+class _FileError(Exception):
+    """The whole file is unreadable; the message says why."""
+
+
+def _is_documentation(path: Path, root: Path) -> bool:
+    """README files and hidden files/folders found while walking a directory are not FAQ content."""
+    parts = path.relative_to(root).parts
+    return path.name.upper().startswith("README") or any(p.startswith(".") for p in parts)
+
+
+def discover(paths: list[Path]) -> tuple[list[Path], list[Problem]]:
+    """Expand files and directories into the files to read, in a stable order.
+
+    Directories are walked recursively in sorted order; files in them with an unsupported extension,
+    README files and hidden files are returned as skipped (never silently ignored). A file named explicitly is always returned (an
+    unsupported one then fails in ``parse_file`` and is reported as an unreadable file).
+
+    Args:
+        paths: Files and/or directories.
+
+    Returns:
+        ``(files to parse, skipped files)``.
+
+    Raises:
+        BadInputError: When a path does not exist.
+    """
+    files: list[Path] = []
+    skipped: list[Problem] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                if _is_documentation(child, path):
+                    skipped.append(Problem(str(child), None, "documentation, not FAQ content (README or hidden file)"))
+                elif child.suffix.lower() in SUPPORTED_EXTENSIONS:
+                    files.append(child)
+                else:
+                    skipped.append(Problem(str(child), None, f"unsupported file type {child.suffix or '(none)'!r}"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise BadInputError(f"{path}: no such file or directory")
+    return files, skipped
+
+
+def parse_file(path: Path) -> ParsedFile:
+    """Read one file of any supported format. Never raises for bad content: see ``ParsedFile``."""
+    result = ParsedFile(str(path))
+    fmt = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
+    try:
+        if fmt is None:
+            known = ", ".join(sorted(SUPPORTED_EXTENSIONS))
+            raise _FileError(f"unsupported file type {path.suffix or '(none)'!r} (supported: {known})")
+        if fmt == "xlsx":
+            _parse_xlsx(path, result)
+        else:
+            text, damaged = _decode(_read_bytes(path))
+            if fmt in ("csv", "tsv"):
+                _parse_csv(text, result, delimiter="\t" if fmt == "tsv" else ",")
+            else:
+                {"jsonl": _parse_jsonl, "json": _parse_json, "markdown": _parse_markdown}[fmt](text, result)
+            if damaged:
+                _reject_damaged(result)
+    except _FileError as e:
+        return ParsedFile(str(path), error=Problem(str(path), None, str(e)))
+    return result
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise _FileError(f"cannot read file: {e.strerror or e}") from e
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """Return ``(text, damaged)``; damaged means some bytes were replaced by U+FFFD."""
+    for bom, codec in ((codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(codec), False
+            except UnicodeDecodeError as e:
+                raise _FileError(f"cannot decode as UTF-16 (byte {e.start})") from e
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        pass
+    lossy = data.decode("utf-8", errors="replace")
+    non_ascii = sum(1 for ch in lossy if ord(ch) > 127)
+    if lossy.count("\ufffd") <= _UTF8_DAMAGE_TOLERANCE * non_ascii:
+        return lossy, True
+    try:
+        return data.decode("gb18030"), False
+    except UnicodeDecodeError as e:
+        raise _FileError(f"cannot decode as UTF-8 or GB18030/GBK (bad byte at offset {e.start})") from e
+
+
+def _reject_damaged(result: ParsedFile) -> None:
+    """Move records holding replaced (undecodable) bytes from records to rejected."""
+    keep = []
+    for rec in result.records:
+        bad = [k for k, v in rec.fields.items() if "\ufffd" in json.dumps(v, ensure_ascii=False, default=str)]
+        if bad:
+            result.rejected.append(Problem(rec.file, rec.line, f"bytes that are not valid UTF-8 in {', '.join(bad)}"))
+        else:
+            keep.append(rec)
+    result.records = keep
+
+
+# --- record building ------------------------------------------------------------------------------
+
+def _split_list(value: Any) -> Any:
+    """``a|b`` or multi-line cells -> list; lists pass through; other values are left to validation."""
+    if isinstance(value, str):
+        return re.split(r"[|\n]", value)
+    return value
+
+
+def _record_from_mapping(
+    obj: dict[str, Any], file: str, line: int, unknown: dict[str, None], *, unpack_meta: bool = False
+) -> RawRecord:
+    """Map an object's keys to canonical fields; unknown keys are collected (in first-seen order)."""
+    fields: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = canonical_field(key)
+        if name is None:
+            if alias_key(str(key)) not in _KNOWN_NON_FIELDS:
+                unknown.setdefault(str(key), None)
+        elif name not in fields:
+            fields[name] = value
+    meta = obj.get("meta")
+    if unpack_meta and isinstance(meta, dict):
+        for key, value in meta.items():
+            name = canonical_field(key)
+            if name is not None and fields.get(name) in (None, ""):
+                fields[name] = value
+    return RawRecord(file, line, fields)
+
+
+def _note_unknown(result: ParsedFile, unknown: dict[str, None], what: str) -> None:
+    if unknown:
+        result.notes.append(Problem(result.path, None, f"ignored unknown {what}: {', '.join(unknown)}"))
+
+
+def _parse_jsonl(text: str, result: ParsedFile) -> None:
+    unknown: dict[str, None] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            result.rejected.append(Problem(result.path, line_no, f"invalid JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            result.rejected.append(Problem(result.path, line_no, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        result.records.append(_record_from_mapping(obj, result.path, line_no, unknown, unpack_meta=True))
+    _note_unknown(result, unknown, "keys")
+
+
+def _parse_json(text: str, result: ParsedFile) -> None:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # several documents: a JSON Lines file named .json
+            _parse_jsonl(text, result)
+            return
+        raise _FileError(f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from e
+    if isinstance(doc, dict) and isinstance(doc.get("entries"), list):
+        doc = doc["entries"]
+    if not isinstance(doc, list):
+        raise _FileError('expected a JSON list of entries or {"entries": [...]}')
+    unknown: dict[str, None] = {}
+    for item_no, obj in enumerate(doc, start=1):
+        if isinstance(obj, dict):
+            result.records.append(_record_from_mapping(obj, result.path, item_no, unknown, unpack_meta=True))
+        else:
+            result.rejected.append(Problem(result.path, item_no, f"expected a JSON object, got {type(obj).__name__}"))
+    _note_unknown(result, unknown, "keys")
+
+
+def _header_map(header: list[Any], result: ParsedFile) -> dict[int, str]:
+    """Column index -> canonical field; notes unknown and repeated columns; needs a question column."""
+    columns: dict[int, str] = {}
+    unknown: dict[str, None] = {}
+    for i, cell in enumerate(header):
+        name = "" if cell is None else str(cell).strip()
+        if not name:
+            continue
+        canon = canonical_field(name)
+        if canon is None:
+            unknown.setdefault(name, None)
+        elif canon in columns.values():
+            why = f"ignored column {name!r}: {canon} already read from an earlier column"
+            result.notes.append(Problem(result.path, None, why))
+        else:
+            columns[i] = canon
+    _note_unknown(result, unknown, "columns")
+    if "question" not in columns.values():
+        shown = ", ".join(str(c) for c in header if c not in (None, ""))
+        raise _FileError(f"no question column in the header row ({shown or 'empty'})")
+    return columns
+
+
+def _row_record(row: list[Any], columns: dict[int, str], width: int, result: ParsedFile, line: int) -> None:
+    """Turn a table row into a record (blank rows are not records; over-wide rows are rejected)."""
+    if all(cell is None or (isinstance(cell, str) and not cell.strip()) for cell in row):
+        return
+    extra = [c for c in row[width:] if c not in (None, "")]
+    if extra:
+        result.rejected.append(Problem(
+            result.path, line, f"{width + len(extra)} cells but the header has {width} (unquoted separator?)"
+        ))
+        return
+    fields = {name: row[i] if i < len(row) else None for i, name in columns.items()}
+    for name in ("variants", "tags"):
+        if name in fields:
+            fields[name] = _split_list(fields[name])
+    result.records.append(RawRecord(result.path, line, fields))
+
+
+def _parse_csv(text: str, result: ParsedFile, *, delimiter: str = ",") -> None:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    previous_end = 0
+    columns: dict[int, str] | None = None
+    width = 0
+    try:
+        for row in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if columns is None:
+                if not row:
+                    continue
+                columns, width = _header_map(row, result), len(row)
+                continue
+            _row_record(row, columns, width, result, start)
+    except csv.Error as e:
+        raise _FileError(f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} near line {reader.line_num}: {e}") from e
+    if columns is None:
+        raise _FileError("empty file (no header row)")
+
+
+def _parse_xlsx(path: Path, result: ParsedFile) -> None:
+    import openpyxl  # imported here: only XLSX input needs it
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
+        raise _FileError(f"cannot open as XLSX: {e}") from e
+    try:
+        rows = book.worksheets[0].iter_rows(values_only=True)
+        header = next(rows, None)
+        if header is None:
+            raise _FileError("empty first sheet (no header row)")
+        columns = _header_map(list(header), result)
+        for row_no, row in enumerate(rows, start=2):
+            _row_record([_xlsx_value(c) for c in row], columns, len(header), result, row_no)
+    finally:
+        book.close()
+
+
+def _xlsx_value(cell: Any) -> Any:
+    """Excel numbers that are whole (ids typed as numbers) read as ``"12"``, not ``12.0``."""
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))
+    if isinstance(cell, int) and not isinstance(cell, bool):
+        return str(cell)
+    if isinstance(cell, dt.datetime) and cell.time() == dt.time(0):
+        return cell.date()
+    return cell
+
+
+_MD_HEADING = re.compile(r"^(#{1,2})\s+(.*?)(?:\s+#+)?\s*$")  # "## C#" keeps its "#"
+_MD_FENCE = re.compile(r"^\s*(```|~~~)")
+_MD_META = re.compile(r"^\s*<!--(.*?)-->\s*$", re.S)
+
+
+def _parse_markdown(text: str, result: ParsedFile) -> None:
+    lines = text.splitlines()
+    section = ""
+    current: tuple[int, str] | None = None  # (line, question)
+    body: list[str] = []
+    stray: list[int] = []
+    unknown: dict[str, None] = {}
+    in_fence = False
+
+    def flush() -> None:
+        if current is None:
+            return
+        line_no, question = current
+        fields: dict[str, Any] = {}
+        rest = body
+        first = next((i for i, ln in enumerate(body) if ln.strip()), None)
+        if first is not None and body[first].lstrip().startswith("<!--"):
+            end = next((i for i in range(first, len(body)) if "-->" in body[i]), None)
+            match = _MD_META.match("\n".join(body[first:end + 1])) if end is not None else None
+            if match:
+                fields = _markdown_meta(match.group(1), unknown)
+                rest = body[end + 1:]
+        fields.setdefault("section", section)
+        fields["question"] = question
+        fields["answer"] = "\n".join(rest).strip()
+        result.records.append(RawRecord(result.path, line_no, fields))
+
+    for line_no, line in enumerate(lines, start=1):
+        if _MD_FENCE.match(line):
+            in_fence = not in_fence
+        heading = None if in_fence else _MD_HEADING.match(line)
+        if heading and len(heading.group(1)) == 1:
+            flush()
+            current, body, section = None, [], heading.group(2)
+        elif heading:
+            flush()
+            current, body = (line_no, heading.group(2)), []
+        elif current is not None:
+            body.append(line)
+        elif line.strip():
+            stray.append(line_no)
+    flush()
+    if stray:
+        shown = ", ".join(map(str, stray[:10])) + (" ..." if len(stray) > 10 else "")
+        result.notes.append(Problem(result.path, None, f"ignored text outside any '## question' (lines {shown})"))
+    _note_unknown(result, unknown, "metadata keys")
+
+
+def _markdown_meta(text: str, unknown: dict[str, None]) -> dict[str, Any]:
+    """``key: value; key: value`` (or one per line) -> canonical fields."""
+    fields: dict[str, Any] = {}
+    for part in re.split(r"[;\n；]", text):
+        if not part.strip():
+            continue
+        match = re.match(r"\s*([^:：]+?)\s*[:：]\s*(.*?)\s*$", part, re.S)
+        name = canonical_field(match.group(1)) if match else None
+        if match is None or name is None:
+            unknown.setdefault((match.group(1) if match else part).strip(), None)
+            continue
+        value = match.group(2)
+        fields[name] = _split_list(value) if name in ("variants", "tags") else value
+    return fields

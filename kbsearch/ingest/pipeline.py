@@ -1,0 +1,143 @@
+"""The ingest stage end to end: files -> parse -> validate -> expiry -> dedupe -> chunk.
+
+Expired entries are filtered *before* dedupe, so an out-of-date entry can neither absorb nor be absorbed
+by a current one; dated-policy flags are added after dedupe, on the entries that are kept. Stage
+seconds are recorded as ``parse``, ``validate``, ``expiry`` (window filter + policy flags), ``dedupe``
+and ``chunk``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbsearch.config import Settings
+from kbsearch.errors import BadInputError
+from kbsearch.ingest.chunk import chunk_entries
+from kbsearch.ingest.dedupe import Deduper
+from kbsearch.ingest.expiry import filter_valid, flag_dated
+from kbsearch.ingest.parse import discover, parse_file
+from kbsearch.ingest.report import IngestReport
+from kbsearch.ingest.validate import validate
+from kbsearch.types import Chunk, FaqEntry
+
+#: Inputs with more rows than this get a progress bar when ``progress=True``.
+PROGRESS_MIN_ROWS = 2000
+#: How many bad rows a strict-mode error message lists before "... and N more".
+STRICT_MESSAGE_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingest hands to the index builder.
+
+    Attributes:
+        entries: Kept canonical entries (after expiry filter and dedupe), in input order.
+        chunks: The chunks of those entries, in entry order.
+        report: Counts, reasons and stage timings (``to_json()``, ``render()``, ``add_stage()``).
+    """
+
+    entries: list[FaqEntry]
+    chunks: list[Chunk]
+    report: IngestReport
+
+
+@contextmanager
+def _timed(report: IngestReport, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.add_stage(stage, time.perf_counter() - start)
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], object] | None]:
+    """Yield ``tick(n)`` advancing a tqdm bar on stderr, or None when no bar is wanted."""
+    if not enabled or total <= PROGRESS_MIN_ROWS:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+def run_ingest(
+    paths: list[Path],
+    settings: Settings,
+    *,
+    today: dt.date | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> IngestResult:
+    """Read FAQ files and directories into validated, deduplicated, chunked entries.
+
+    Args:
+        paths: Files and/or directories (walked recursively in sorted order).
+        settings: Uses the ``dedupe*``, ``policy_max_age_days``, ``chunk_max_chars`` and
+            ``ingest_lenient_null_answer`` settings.
+        today: The day validity windows and policy ages are judged on (default: today).
+        strict: Raise instead of skipping when any row is rejected or any file is unreadable.
+        progress: Show tqdm progress bars on stderr for inputs over ``PROGRESS_MIN_ROWS`` rows.
+
+    Returns:
+        The kept entries, their chunks and the report.
+
+    Raises:
+        BadInputError: When a path does not exist, or in strict mode when any row or file is bad (the
+            message lists them as ``file:line: reason``).
+    """
+    today = today or dt.date.today()
+    report = IngestReport()
+
+    with _timed(report, "parse"):
+        files, report.skipped_files = discover([Path(p) for p in paths])
+        records = []
+        for path in files:
+            parsed = parse_file(path)
+            if parsed.error is not None:
+                report.file_errors.append(parsed.error)
+                continue
+            report.files.append(parsed.path)
+            report.notes.extend(parsed.notes)
+            report.rejected.extend(parsed.rejected)
+            records.extend(parsed.records)
+        report.rows_read = len(records) + len(report.rejected)
+
+    with _timed(report, "validate"), _progress(progress, len(records), "validate") as tick:
+        checked = validate(records, lenient_null_answer=settings.ingest_lenient_null_answer, tick=tick)
+        report.rejected.extend(checked.rejected)
+        report.identical_repeats = checked.identical_repeats
+        report.answers_from_question = checked.answers_from_question
+        report.loaded = len(checked.entries)
+    if strict and (report.rejected or report.file_errors):
+        problems = [*report.file_errors, *report.rejected]
+        listed = "\n".join(f"  {p}" for p in problems[:STRICT_MESSAGE_LIMIT])
+        hidden = len(problems) - STRICT_MESSAGE_LIMIT
+        more = f"\n  ... and {hidden} more" if hidden > 0 else ""
+        raise BadInputError(f"ingest found {len(problems)} bad rows/files (strict mode):\n{listed}{more}")
+
+    with _timed(report, "expiry"):
+        current, report.expired = filter_valid(checked.entries, today)
+
+    with _timed(report, "dedupe"), _progress(progress, len(current), "dedupe") as tick:
+        deduped = Deduper(settings).dedupe(current, tick=tick)
+        report.merged = deduped.merged
+        report.conflicts = deduped.conflicts
+        report.possible_duplicates = deduped.possible_duplicates
+
+    with _timed(report, "expiry"):
+        entries, report.flagged = flag_dated(deduped.entries, today, settings.policy_max_age_days)
+
+    with _timed(report, "chunk"):
+        chunks = chunk_entries(entries, settings.chunk_max_chars)
+    report.kept = len(entries)
+    report.chunks = len(chunks)
+    report.check()
+    return IngestResult(entries=entries, chunks=chunks, report=report)
