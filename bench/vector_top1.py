@@ -33,10 +33,12 @@ def main() -> None:
     p.add_argument("--benchmarks", default=str(REPO.parent / "shared" / "benchmarks"))
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--backend", default="e5-small")
+    p.add_argument("--question-rows-as", default="query", choices=["query", "document"])
     args = p.parse_args()
     root = Path(args.benchmarks) / args.dataset
     with tempfile.TemporaryDirectory() as home:
         settings = Settings(home=Path(home), embed_backend=args.backend, rerank_backend="none", dedupe=False,
+                            question_rows_as=args.question_rows_as,
                             top_k=3)
         t0 = time.perf_counter()
         ingested = run_ingest([root / "kb.jsonl"], settings)
@@ -63,7 +65,8 @@ def main() -> None:
         n = len(queries)
         lat.sort()
         print(json.dumps({
-            "dataset": args.dataset, "queries": n, "backend": args.backend, "rows": built.rows,
+            "dataset": args.dataset, "queries": n, "backend": args.backend,
+            "question_rows_as": args.question_rows_as, "rows": built.rows,
             "entries": len(ingested.entries), "top1": round(top1 / n, 4), "recall@3": round(r3 / n, 4),
             "answered_share": round(answered / n, 4), "build_seconds": round(build_s, 1),
             "latency_ms_p50": round(statistics.median(lat), 1), "latency_ms_p95": round(lat[int(0.95 * (n - 1))], 1),

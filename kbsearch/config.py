@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         DEFAULT_QWEN3_QUERY_INSTRUCTION,
         description="Instruction put before queries for Qwen3 embedding models (documents get none).",
     )
+    question_rows_as: Literal["query", "document"] = Field(
+        "query",
+        description="Prompt used to embed question/variant rows: 'query' matches question to question "
+        "symmetrically (e5: 'query: ' on both sides); 'document' treats them like answer text. "
+        "Answer chunks always use the document prompt.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     model_cache: Path = Field(
         Path.home() / ".cache" / "kbsearch" / "models",

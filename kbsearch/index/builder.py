@@ -45,22 +45,31 @@ def make_rows(entries: list[FaqEntry], chunks: list[Chunk]) -> list[IndexRow]:
     return rows
 
 
-def embed_rows(embedder: Embedder, rows: list[IndexRow], batch_size: int, progress: bool = False) -> np.ndarray:
-    """Embed every row's text as a document, in batches, with an optional progress bar."""
-    texts = [r.text for r in rows]
-    out: list[np.ndarray] = []
+def embed_rows(embedder: Embedder, rows: list[IndexRow], batch_size: int, *, question_rows_as: str = "query",
+               progress: bool = False) -> np.ndarray:
+    """Embed every row in batches: answer chunks with the document prompt, question and variant rows
+    with the query prompt when ``question_rows_as == "query"`` (question-to-question matching).
+    """
+    as_query = np.array([question_rows_as == "query" and r.kind != "chunk" for r in rows], dtype=bool)
+    out = np.zeros((len(rows), 0), dtype=np.float32)
     bar = None
-    if progress and len(texts) > batch_size:
+    if progress and len(rows) > batch_size:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(texts), desc="embed", unit="row", leave=False)
-    for i in range(0, len(texts), batch_size):
-        out.append(embedder.embed_documents(texts[i : i + batch_size]))
-        if bar is not None:
-            bar.update(len(texts[i : i + batch_size]))
+        bar = tqdm(total=len(rows), desc="embed", unit="row", leave=False)
+    for flag, embed in ((True, embedder.embed_queries), (False, embedder.embed_documents)):
+        idx = np.flatnonzero(as_query == flag)
+        for i in range(0, len(idx), batch_size):
+            part = idx[i : i + batch_size]
+            vecs = embed([rows[j].text for j in part])
+            if out.shape[1] == 0:
+                out = np.zeros((len(rows), vecs.shape[1]), dtype=np.float32)
+            out[part] = vecs
+            if bar is not None:
+                bar.update(len(part))
     if bar is not None:
         bar.close()
-    return np.concatenate(out, axis=0).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,8 @@ def build_index(
     embedder.load()
     t1 = time.perf_counter()
     seconds["model_load"] = t1 - t0
-    vectors = embed_rows(embedder, rows, settings.embed_batch_size, progress=progress)
+    vectors = embed_rows(embedder, rows, settings.embed_batch_size, question_rows_as=settings.question_rows_as,
+                         progress=progress)
     t2 = time.perf_counter()
     seconds["embed"] = t2 - t1
     index = FaissIndex.build(vectors, device=settings.device)
@@ -115,6 +125,8 @@ def build_index(
     manifest = {
         "embedder": embedder.describe(),
         "model_id": embedder.model_id,
+        "row_prompts": {"question": settings.question_rows_as, "variant": settings.question_rows_as,
+                        "chunk": "document"},
         "vector_index": {"type": "faiss.IndexFlatIP", "metric": "inner_product", "normalised": True,
                          "built_on_gpu": index.on_gpu},
         "bm25": {"library": "rank-bm25", "variant": "BM25Okapi", "tokenizer": BM25_TOKENIZER,

@@ -1,0 +1,113 @@
+"""The CLI end to end on the hash embedder: ingest, strict failures, rebuild-index, ask, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kbsearch.cli import main
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.index.builder import embed_rows, make_rows
+from kbsearch.index.store import active_build_id, load_build
+from support import SMALL_KB, one_chunk
+
+GOOD = [
+    {"id": "a1", "question": "如何申请退货？", "answer": "在订单详情页申请退货。"},
+    {"id": "a2", "question": "How do I reset my password?", "answer": "Use 'Forgot password'."},
+]
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_THRESHOLD_VECTOR", "0.5")
+    return tmp_path / "home"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_ingest_then_ask(home, tmp_path, capsys):
+    assert main(["ingest", str(_jsonl(tmp_path / "kb.jsonl", GOOD)), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kb"] == "default" and out["report"]["kept"] == 2 and active_build_id(home / "default") == out["build_id"]
+    assert main(["ask", "怎么申请退货", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["results"][0]["id"] == "a1" and body["index_version"] == out["build_id"]
+    assert main(["ask", "reset my password"]) == 0
+    assert "[a2]" in capsys.readouterr().out
+
+
+def test_strict_failure_keeps_serving_build(home, tmp_path, capsys):
+    assert main(["ingest", str(_jsonl(tmp_path / "kb.jsonl", GOOD))]) == 0
+    before = active_build_id(home / "default")
+    bad = _jsonl(tmp_path / "bad.jsonl", GOOD + [{"id": "a3", "question": "空答案", "answer": ""}])
+    assert main(["ingest", str(bad), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:3" in err
+    assert active_build_id(home / "default") == before
+    # Without --strict the bad row is skipped and reported, the good rows are served.
+    assert main(["ingest", str(bad)]) == 0
+    assert "bad.jsonl:3" in capsys.readouterr().err
+    assert set(load_build(home / "default").entries) == {"a1", "a2"}
+
+
+def test_nothing_kept_is_bad_input(home, tmp_path, capsys):
+    empty = _jsonl(tmp_path / "e.jsonl", [{"question": "", "answer": "x"}])
+    assert main(["ingest", str(empty)]) == 2
+    assert active_build_id(home / "default") is None
+    assert main(["ingest", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_rebuild_index_swaps_with_same_entries(home, tmp_path, capsys):
+    assert main(["ingest", str(_jsonl(tmp_path / "kb.jsonl", GOOD)), "--kb", "shop"]) == 0
+    first = load_build(home / "shop")
+    assert main(["rebuild-index", "--kb", "shop"]) == 0
+    second = load_build(home / "shop")
+    assert second.build_id != first.build_id and second.entries == first.entries
+    assert json.loads((second.path / "report.json").read_text())["rebuilt_from"] == first.build_id
+
+
+def test_unknown_kb_exit_code(home, capsys):
+    assert main(["ask", "hi", "--kb", "nope"]) == 4
+    assert "nope" in capsys.readouterr().err
+    assert main(["rebuild-index", "--kb", "nope"]) == 4
+
+
+class Recording(HashEmbedder):
+    def __init__(self):
+        super().__init__(dim=16)
+        self.queries: list[str] = []
+        self.documents: list[str] = []
+
+    def embed_queries(self, texts):
+        self.queries += texts
+        return super().embed_queries(texts)
+
+    def embed_documents(self, texts):
+        self.documents += texts
+        return super().embed_documents(texts)
+
+
+@pytest.mark.parametrize("mode", ["query", "document"])
+def test_row_prompts(mode):
+    entries = SMALL_KB[:2]
+    rows = make_rows(entries, [one_chunk(e) for e in entries])
+    emb = Recording()
+    emb.load()
+    vecs = embed_rows(emb, rows, batch_size=2, question_rows_as=mode)
+    chunk_texts = [r.text for r in rows if r.kind == "chunk"]
+    question_texts = [r.text for r in rows if r.kind != "chunk"]
+    if mode == "query":
+        assert emb.queries == question_texts and emb.documents == chunk_texts
+    else:
+        assert emb.queries == [] and sorted(emb.documents) == sorted(question_texts + chunk_texts)
+    # Row order is preserved whatever order the batches ran in.
+    np.testing.assert_allclose(vecs[0], emb.embed_queries([rows[0].text])[0] if mode == "query"
+                               else emb.embed_documents([rows[0].text])[0])
