@@ -37,7 +37,8 @@ from kbsearch.embed.e5_small import (
     verify_materialized,
 )
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.embed.st import SentenceTransformerEmbedder, qwen3_query_prompt, resolve_device
+from kbsearch.devices import resolve_device
+from kbsearch.embed.st import SentenceTransformerEmbedder, qwen3_query_prompt
 from kbsearch.errors import BackendError, BadInputError, NotFoundError, NotReadyError
 
 INSTRUCTION = "Given a customer-service question, retrieve the FAQ entry that answers it"

@@ -11,7 +11,6 @@ sentence-transformers are imported in :meth:`SentenceTransformerEmbedder.load`, 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kbsearch.errors import BackendError, BadInputError, MissingDependencyError, NotFoundError, NotReadyError
+from kbsearch.devices import check_device, looks_like_path, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 class EmbedderNotLoadedError(NotReadyError, AttributeError):
@@ -53,50 +52,11 @@ def qwen3_query_prompt(instruction: str) -> str:
     return f"Instruct: {instruction}\nQuery:" if instruction else ""
 
 
-def resolve_device(device: str) -> str:
-    """Turn the ``device`` setting into a torch device string.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-
-    Returns:
-        ``cuda`` when ``device`` is ``auto`` and torch sees a CUDA device, ``cpu`` for ``auto``
-        without one, else ``device`` unchanged.
-
-    Raises:
-        BadInputError: ``device`` is none of the accepted forms.
-        MissingDependencyError: torch is not installed.
-    """
-    _check_device(device)
-    if device != "auto":
-        return device
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
-        raise MissingDependencyError("torch is required for the sentence-transformers backend") from exc
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_device(device: str) -> None:
-    if not _DEVICE_RE.match(device):
-        raise BadInputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Return ``x`` as float32 with every row scaled to unit L2 norm (all-zero rows stay zero)."""
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, np.float32(1e-12))
-
-
-def _looks_like_path(model: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else (absolute, ./, ~, deeper) can only be a path.
-    return (
-        model.startswith(("/", ".", "~"))
-        or model.count("/") > 1
-        or "\\" in model
-        or Path(model).expanduser().exists()
-    )
 
 
 class SentenceTransformerEmbedder:
@@ -161,7 +121,7 @@ class SentenceTransformerEmbedder:
             raise BadInputError(f"batch_size must be positive, got {batch_size}")
         if max_seq_length is not None and max_seq_length < 1:
             raise BadInputError(f"max_seq_length must be positive or None, got {max_seq_length}")
-        _check_device(device)
+        check_device(device)
         self.model = str(model)
         self.model_id = model_id or self.model
         self.query_prompt = query_prompt
@@ -222,7 +182,7 @@ class SentenceTransformerEmbedder:
             self._st = st
 
     def _load_model(self) -> SentenceTransformer:
-        if _looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
+        if looks_like_path(self.model) and not Path(self.model).expanduser().is_dir():
             raise NotFoundError(f"embedding model folder not found: {self.model}")
         try:
             from sentence_transformers import SentenceTransformer
@@ -231,7 +191,7 @@ class SentenceTransformerEmbedder:
                 "the sentence-transformers backend needs `pip install sentence-transformers`"
             ) from exc
         device = resolve_device(self.device)
-        path = str(Path(self.model).expanduser()) if _looks_like_path(self.model) else self.model
+        path = str(Path(self.model).expanduser()) if looks_like_path(self.model) else self.model
         try:
             return SentenceTransformer(
                 path,

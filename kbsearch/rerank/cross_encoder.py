@@ -23,19 +23,17 @@ Errors from those libraries are mapped to ``kbsearch.errors`` here.
 from __future__ import annotations
 
 import json
-import re
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbsearch.config import DEFAULT_QWEN3_RERANK_INSTRUCTION
-from kbsearch.errors import BackendError, BadInputError, MissingDependencyError, NotFoundError, NotReadyError
+from kbsearch.errors import BackendError, BadInputError, MissingDependencyError, NotReadyError
+from kbsearch.devices import check_device, check_model_path, resolve_device
 
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import CrossEncoder
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 QWEN3_SYSTEM_PROMPT = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
@@ -76,29 +74,6 @@ QWEN3_CHAT_TEMPLATE = _build_qwen3_chat_template()
 """
 
 
-def _check_model_path(model_id: str) -> None:
-    """Raise ``NotFoundError`` for a local path that does not exist, before any Hub lookup.
-
-    Hub ids are ``name`` or ``org/name``; anything absolute, relative-looking or deeper is a path.
-    """
-    path = Path(model_id).expanduser()
-    if path.exists():
-        return
-    if path.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1 or "\\" in model_id:
-        raise NotFoundError(f"reranker model path {model_id!r} does not exist (Settings.rerank_model)")
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    # Checked here because torch reports a missing CUDA with a bare AssertionError.
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackendError(f"device {device!r} requested for the reranker, but torch sees no CUDA device")
-    return device
-
-
 def _dtype_for(device: str) -> torch.dtype:
     import torch
 
@@ -126,8 +101,7 @@ class _CrossEncoderBackend:
             raise BadInputError(f"rerank batch_size must be >= 1, got {batch_size}")
         if max_length < 16:
             raise BadInputError(f"rerank max_length must be >= 16 tokens, got {max_length}")
-        if not _DEVICE_RE.match(device):
-            raise BadInputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        check_device(device)
         self.model_id = model_id
         self.batch_size = batch_size
         self.max_length = max_length
@@ -154,14 +128,14 @@ class _CrossEncoderBackend:
         with self._lock:
             if self._model is not None:
                 return
-            _check_model_path(self.model_id)
+            check_model_path(self.model_id, "rerank_model")
             try:
                 from sentence_transformers import CrossEncoder
             except ImportError as exc:
                 raise MissingDependencyError(
                     f"rerank_backend={self.backend!r} needs torch and sentence-transformers: {exc}"
                 ) from exc
-            device = _resolve_device(self.device)
+            device = resolve_device(self.device)
             try:
                 model = CrossEncoder(
                     self.model_id,
