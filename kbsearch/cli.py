@@ -73,7 +73,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.service import make_engine
 
     engine = make_engine(settings)
-    engine.load()
+    engine.load(args.kb)
     try:
         answer = engine.ask(args.question, kb=args.kb, top_k=args.top_k)
     finally:

@@ -62,3 +62,12 @@ def check_model_path(model: str, setting: str) -> None:
     """Raise ``NotFoundError`` naming ``setting`` when ``model`` is a local path that does not exist."""
     if looks_like_path(model) and not Path(model).expanduser().exists():
         raise NotFoundError(f"model path {model!r} does not exist (Settings.{setting})")
+
+
+def quiet_model_loading() -> None:
+    """Silence transformers' per-load "Loading weights" progress bar (it floods service logs)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        return
+    hf_logging.disable_progress_bar()

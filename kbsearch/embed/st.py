@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kbsearch.errors import BackendError, BadInputError, MissingDependencyError, NotFoundError, NotReadyError
-from kbsearch.devices import check_device, looks_like_path, resolve_device
+from kbsearch.devices import check_device, looks_like_path, quiet_model_loading, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -191,6 +191,7 @@ class SentenceTransformerEmbedder:
                 "the sentence-transformers backend needs `pip install sentence-transformers`"
             ) from exc
         device = resolve_device(self.device)
+        quiet_model_loading()
         path = str(Path(self.model).expanduser()) if looks_like_path(self.model) else self.model
         try:
             return SentenceTransformer(

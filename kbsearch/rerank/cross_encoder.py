@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbsearch.config import DEFAULT_QWEN3_RERANK_INSTRUCTION
 from kbsearch.errors import BackendError, BadInputError, MissingDependencyError, NotReadyError
-from kbsearch.devices import check_device, check_model_path, resolve_device
+from kbsearch.devices import check_device, check_model_path, quiet_model_loading, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -136,6 +136,7 @@ class _CrossEncoderBackend:
                     f"rerank_backend={self.backend!r} needs torch and sentence-transformers: {exc}"
                 ) from exc
             device = resolve_device(self.device)
+            quiet_model_loading()
             try:
                 model = CrossEncoder(
                     self.model_id,

@@ -94,11 +94,11 @@ class QueryEngine:
         self.loaded = False
 
     # ---------------------------------------------------------------- loading
-    def load(self) -> None:
-        """Load the models and the default KB's active build (idempotent).
+    def load(self, kb: str | None = None) -> None:
+        """Load the models and the active build of ``kb`` (default ``settings.default_kb``); idempotent.
 
         A model that fails to load is recorded, not raised: the service then runs degraded (BM25),
-        and ``status()`` says why.
+        and ``status()`` says why. Other KBs load on their first question.
         """
         if self.loaded:
             return
@@ -112,10 +112,11 @@ class QueryEngine:
         except Exception as exc:
             self.reranker_error = f"{type(exc).__name__}: {exc}"
             log.error("reranker failed to load: %s", self.reranker_error)
+        kb = kb or self.settings.default_kb
         try:
-            self.build(self.settings.default_kb)
+            self.build(kb)
         except NotFoundError:
-            log.warning("knowledge base %r has no build yet; run `kbsearch ingest`", self.settings.default_kb)
+            log.warning("knowledge base %r has no build yet; run `kbsearch ingest`", kb)
         except IndexCorruptError as exc:
             log.error("default knowledge base is corrupt: %s", exc)
         self.loaded = True
