@@ -184,3 +184,14 @@ def test_thresholds_are_per_score_kind(settings, built):
 
 def test_fake_reranker_satisfies_protocol():
     assert isinstance(KeywordReranker(), Reranker) and isinstance(Off(), Reranker)
+
+
+def test_unexpected_error_still_gets_a_handoff(settings, built, monkeypatch):
+    eng = engine(settings)
+
+    def boom(*a, **k):
+        raise KeyError("a bug in grouping")
+
+    monkeypatch.setattr("kbsearch.service.query._group", boom)
+    a = eng.ask("如何申请退货？")
+    assert a.mode == "canned" and a.degraded and a.handoff.reason == "internal-error: KeyError"

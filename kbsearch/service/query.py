@@ -177,6 +177,15 @@ class QueryEngine:
         top_k = top_k or self.settings.top_k
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        try:
+            return self._ask(question, kb, top_k, t0, timings)
+        except NotFoundError:
+            raise
+        except Exception as exc:  # the last net: a user must get the hand-off, never a 500
+            log.exception("unexpected error answering a question on %r", kb)
+            return self._canned(question, f"internal-error: {type(exc).__name__}", "", timings, t0)
+
+    def _ask(self, question: str, kb: str, top_k: int, t0: float, timings: dict[str, float]) -> Answer:
         notes: list[str] = []
         today = self._clock()
         try:
