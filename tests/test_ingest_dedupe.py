@@ -135,3 +135,22 @@ def test_lsh_finds_candidates_among_many_entries() -> None:
     result = Deduper(SETTINGS).dedupe(entries)
     assert [c.canonical_id for c in result.merged] == ["dup1"]
     assert len(result.entries) == 301
+
+
+def test_negated_answer_is_a_conflict_not_a_merge(tmp_path) -> None:
+    """"可以。" is a substring of "不可以，…": the answers contradict each other and must not merge."""
+    from kbsearch.config import Settings
+    from kbsearch.ingest import run_ingest
+
+    path = tmp_path / "kb.jsonl"
+    path.write_text(
+        '{"id": "y", "question": "定制商品可以退货吗？", "answer": "可以。"}\n'
+        '{"id": "n", "question": "定制商品可以退货吗", "answer": "不可以，定制商品不支持七天无理由退货。"}\n'
+        '{"id": "p", "question": "怎么退货？", "answer": "七天内可退。"}\n'
+        '{"id": "q", "question": "怎么退货", "answer": "七天内可退，需保持商品完好。"}\n',
+        "utf-8",
+    )
+    result = run_ingest([path], Settings(home=tmp_path))
+    ids = {e.id for e in result.entries}
+    assert {"y", "n"} <= ids and len(result.report.conflicts) == 1
+    assert "q" in ids and "p" not in ids  # a clause-level excerpt still merges (longest answer kept)

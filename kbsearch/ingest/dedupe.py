@@ -205,10 +205,20 @@ def _incompatibility(a: FaqEntry, b: FaqEntry, policy: DedupePolicy) -> str | No
         return "same question, different validity windows"
     if _no_answer(a) or _no_answer(b):
         return None
-    ka, kb = QuestionKey.of(a.answer, policy).key, QuestionKey.of(b.answer, policy).key
-    if ka in kb or kb in ka:
+    sa, sb = _clause_keys(a.answer, policy), _clause_keys(b.answer, policy)
+    if sa <= sb or sb <= sa:
         return None
     return "same question, different answers"
+
+
+_CLAUSE_END = re.compile(r"(?<=[。！？!?；;，、：:\n])|(?<=[.,])\s")
+
+
+def _clause_keys(answer: str, policy: DedupePolicy) -> frozenset[str]:
+    """Normalised clauses of an answer. Two answers are compatible when one's clauses are all among the
+    other's: whole clauses, so "可以。" is not found inside "不可以，…" (a substring test would be)."""
+    parts = (QuestionKey.of(p, policy).key for p in _CLAUSE_END.split(answer))
+    return frozenset(k for k in parts if k)
 
 
 class Deduper:
