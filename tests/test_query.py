@@ -195,3 +195,52 @@ def test_unexpected_error_still_gets_a_handoff(settings, built, monkeypatch):
     monkeypatch.setattr("kbsearch.service.query._group", boom)
     a = eng.ask("如何申请退货？")
     assert a.mode == "canned" and a.degraded and a.handoff.reason == "internal-error: KeyError"
+
+
+def test_build_from_another_embedder_is_served_from_bm25(settings, built):
+    eng = engine(settings, embedder=HashEmbedder(dim=32))  # the build was embedded at dim 64
+    a = eng.ask("如何申请退货？")
+    assert a.mode == "bm25" and a.degraded and any("rebuild-index" in n for n in a.notes)
+    status = eng.status()
+    assert not status["ready"] and "dim 64 (build) != 32 (service)" in status["kbs"]["default"]["vector"]
+
+
+def test_corrupt_new_build_keeps_old_one_without_rereading(settings, built, monkeypatch):
+    import kbsearch.service.query as q
+
+    eng = engine(settings)
+    entries = SMALL_KB[:2]
+    second = build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    (second.path / "entries.jsonl").write_text("{}\n", encoding="utf-8")
+    calls = []
+    real = q.load_build
+    monkeypatch.setattr(q, "load_build", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for _ in range(3):
+        a = eng.ask("如何申请退货？")
+        assert a.index_version == built.build_id and a.answered
+    assert len(calls) == 1
+
+
+def test_bm25_fallback_uses_its_own_threshold(settings, built):
+    (built.path / "vectors.faiss").write_bytes(b"\x00")
+    strict = settings.model_copy(update={"threshold_bm25": 0.99, "threshold_vector": 0.0})
+    a = engine(strict).ask("退货怎么申请")
+    assert a.mode == "bm25" and not a.answered and "threshold_bm25" in a.handoff.reason
+    assert engine(settings).ask("退货怎么申请").answered  # same question, default BM25 threshold
+
+
+def test_no_candidates_with_healthy_reranker_is_not_degraded(settings, built):
+    # A KB whose only entry has expired since ingest: the reranker has nothing to judge.
+    build_index(settings, "old", [SMALL_KB[4]], [one_chunk(SMALL_KB[4])], HashEmbedder(dim=64), {})
+    b = engine(settings, reranker=KeywordReranker()).ask("双十一活动规则", kb="old")
+    assert b.hits == () and not b.answered and not b.degraded and b.handoff.reason.startswith("no-match")
+
+
+def test_candidate_bm25_scores_match_full_scoring(settings, built):
+    eng = engine(settings)
+    a = eng.ask("退货 password shipping", top_k=4)
+    b = eng.build("default")
+    raw, bound = b.bm25.scores("退货 password shipping")
+    for h in a.hits:
+        full = max(raw[r] for r in b.faq_rows[h.entry.id]) / bound
+        assert h.scores.bm25 == pytest.approx(min(full, 1.0), abs=1e-5)

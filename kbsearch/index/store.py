@@ -168,6 +168,7 @@ class Build:
         vector_error: Why the vector index is missing, when it is.
         bm25: The BM25 index, or None when it failed to load.
         bm25_error: Why the BM25 index is missing, when it is.
+        faq_rows: Row numbers of each FAQ id (its question, variants and chunks).
     """
 
     build_id: str
@@ -180,6 +181,7 @@ class Build:
     vector_error: str | None
     bm25: BM25Index | None
     bm25_error: str | None
+    faq_rows: dict[str, list[int]]
 
 
 def _load_part(loader: Callable[[], Any]) -> tuple[Any, str | None]:
@@ -242,11 +244,12 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto
         vector_error=vector_error,
         bm25=bm25,
         bm25_error=bm25_error,
+        faq_rows=_faq_rows(rows),
     )
 
 
-def list_kbs(home: Path) -> list[str]:
-    """Names of the KBs under ``home`` that have an active build."""
-    if not home.is_dir():
-        return []
-    return sorted(p.name for p in home.iterdir() if p.is_dir() and active_build_id(p))
+def _faq_rows(rows: list[IndexRow]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        out.setdefault(r.faq_id, []).append(i)
+    return out

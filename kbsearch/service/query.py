@@ -24,7 +24,7 @@ import numpy as np
 
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
-from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
+from kbsearch.errors import BackendError, IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.store import Build, active_build_id, load_build
 from kbsearch.rerank.base import Reranker
 from kbsearch.service.handoff import handoff_for
@@ -87,6 +87,7 @@ class QueryEngine:
         self.reranker = reranker
         self._clock = clock
         self._builds: dict[str, Build] = {}
+        self._failed: dict[str, str] = {}  # kb -> id of an active build that failed to load
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsearch-vector")
         self.embedder_error: str | None = None
@@ -133,28 +134,50 @@ class QueryEngine:
         if active is None:
             raise NotFoundError(f"unknown knowledge base {kb!r}")
         current = self._builds.get(kb)
-        if current is not None and current.build_id == active:
+        if current is not None and (current.build_id == active or self._failed.get(kb) == active):
             return current
         with self._lock:
             current = self._builds.get(kb)
-            if current is not None and current.build_id == active:
+            if current is not None and (current.build_id == active or self._failed.get(kb) == active):
                 return current
             try:
                 fresh = load_build(kb_dir, active, device=self.settings.device)
             except IndexCorruptError:
                 if current is not None:
+                    # Remembered, so a broken build is not re-read (and re-hashed) on every question.
+                    self._failed[kb] = active
                     log.exception("new build %s of %r is corrupt; still serving %s", active, kb, current.build_id)
                     return current
                 raise
+            self._check_embedder(fresh)
+            self._failed.pop(kb, None)
             self._builds[kb] = fresh
             return fresh
+
+    def _check_embedder(self, build: Build) -> None:
+        """Refuse the vector index of a build made with another model, dimension or prompts.
+
+        Query vectors from a different model land in another space: the search would return confident
+        nonsense, or fail on the dimension. The build is then served from BM25 until it is rebuilt.
+        """
+        if self.embedder_error is not None or build.vectors is None:
+            return
+        built = build.manifest.get("embedder", {})
+        serving = self.embedder.describe()
+        keys = ("model_id", "dim", "query_prompt", "document_prompt")
+        diff = {k: (built.get(k), serving.get(k)) for k in keys if built.get(k) != serving.get(k)}
+        if diff:
+            detail = ", ".join(f"{k} {b!r} (build) != {v!r} (service)" for k, (b, v) in diff.items())
+            build.vectors = None
+            build.vector_error = f"build {build.build_id} was embedded differently: {detail}; run `kbsearch rebuild-index`"
+            log.error(build.vector_error)
 
     def status(self) -> dict[str, object]:
         """Readiness: models and builds loaded, with reasons for anything that is not."""
         kbs = {
             name: {"build": b.build_id, "entries": len(b.entries), "vector": b.vector_error or "ok",
                    "bm25": b.bm25_error or "ok"}
-            for name, b in self._builds.items()
+            for name, b in dict(self._builds).items()
         }
         return {
             "loaded": self.loaded,
@@ -194,8 +217,6 @@ class QueryEngine:
             log.error("cannot load knowledge base %r: %s", kb, exc)
             return self._canned(question, f"index-unavailable: {exc}", "", timings, t0)
 
-        bm25_scores = self._bm25_all(question, build, timings)
-
         # 1. vector path
         try:
             cands = self._vector(question, build, today, timings)
@@ -206,8 +227,13 @@ class QueryEngine:
         if cands is not None:
             mode: Mode = "vector"
             degraded = False
-            self._attach_bm25(cands, build, bm25_scores)
-            if self.reranker.enabled and self.reranker_error is None and cands:
+            self._attach_bm25(question, cands, build, timings)
+            if not self.reranker.enabled:
+                notes.append("reranker: none (stage skipped; vector cosine decides)")
+            elif self.reranker_error is not None:
+                degraded = True
+                notes.append(f"reranker unavailable, vector ranking used: {self.reranker_error}")
+            elif cands:
                 try:
                     self._rerank(question, cands, build, timings)
                     mode = "rerank"
@@ -215,43 +241,28 @@ class QueryEngine:
                     degraded = True
                     notes.append(f"reranker failed, vector ranking used: {type(exc).__name__}: {exc}")
                     log.warning("reranker failed: %s", exc)
-            elif not self.reranker.enabled:
-                notes.append("reranker: none (stage skipped; vector cosine decides)")
-            else:
-                degraded = True
-                notes.append(f"reranker unavailable, vector ranking used: {self.reranker_error}")
             return self._finish(question, cands, mode, degraded, build, top_k, timings, notes, t0)
 
         # 2. BM25 fallback
-        if bm25_scores is None:
-            reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
+        if build.bm25 is None:
+            reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error})"
             return self._canned(question, reason, build.build_id, timings, t0, notes)
-        raw, norm = bm25_scores
-        k = min(self.settings.bm25_top_k, len(raw))
-        top = np.argsort(-norm, kind="stable")[:k]
-        top = top[raw[top] > 0]
-        cands = _group(top, norm[top], build, today, "bm25")
+        t = time.perf_counter()
+        try:
+            found = build.bm25.search(question, self.settings.bm25_top_k)
+        except Exception as exc:  # rank-bm25 internals: the last backend is down, hand off
+            log.exception("BM25 failed on %r", kb)
+            return self._canned(question, f"backend-failure: vector and BM25 failed ({type(exc).__name__})",
+                                build.build_id, timings, t0, notes)
+        finally:
+            timings["bm25"] = (time.perf_counter() - t) * 1000
+        cands = _group(found.rows, found.normalised, build, today, "bm25")
         return self._finish(question, cands, "bm25", True, build, top_k, timings, notes, t0)
 
     # ---------------------------------------------------------------- stages
-    def _bm25_all(self, question: str, build: Build, timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray] | None:
-        """Raw and normalised BM25 scores of every row, or None when BM25 is unavailable."""
-        if build.bm25 is None:
-            return None
-        t = time.perf_counter()
-        try:
-            raw, bound = build.bm25.scores(question)
-        except Exception as exc:  # rank-bm25 internals: keep serving from the vector path
-            log.warning("BM25 failed: %s", exc)
-            return None
-        finally:
-            timings["bm25"] = (time.perf_counter() - t) * 1000
-        norm = np.clip(raw / bound, 0.0, 1.0) if bound > 0 else np.zeros_like(raw)
-        return raw, norm.astype(np.float32)
-
     def _vector(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate]:
         if self.embedder_error is not None:
-            raise IndexCorruptError(f"embedder not loaded: {self.embedder_error}")
+            raise BackendError(f"embedder not loaded: {self.embedder_error}")
         if build.vectors is None:
             raise IndexCorruptError(build.vector_error or "vector index missing")
         index = build.vectors
@@ -274,17 +285,27 @@ class QueryEngine:
         return _group(rows[0], scores[0], build, today, "vector")
 
     @staticmethod
-    def _attach_bm25(cands: list[_Candidate], build: Build,
-                     bm25_scores: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if bm25_scores is None:
+    def _attach_bm25(question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
+        """Fill in each candidate's BM25 score (best row of its FAQ), scoring only the candidates' rows.
+
+        Informational on the vector path: a BM25 failure leaves the scores unset and is logged.
+        """
+        if build.bm25 is None or not cands:
             return
-        norm = bm25_scores[1]
-        best: dict[str, float] = {}
-        for i, row in enumerate(build.rows):
-            if norm[i] > best.get(row.faq_id, 0.0):
-                best[row.faq_id] = float(norm[i])
-        for c in cands:
-            c.bm25 = best.get(c.entry.id, 0.0)
+        spans = [build.faq_rows.get(c.entry.id, []) for c in cands]
+        rows = [r for span in spans for r in span]
+        t = time.perf_counter()
+        try:
+            norm = build.bm25.normalised_scores_for(question, rows)
+        except Exception:  # rank-bm25 internals; the answer does not depend on this score
+            log.exception("BM25 scoring of vector candidates failed")
+            return
+        finally:
+            timings["bm25"] = (time.perf_counter() - t) * 1000
+        start = 0
+        for c, span in zip(cands, spans):
+            c.bm25 = float(norm[start : start + len(span)].max()) if span else 0.0
+            start += len(span)
 
     def _rerank(self, question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
         head = cands[: self.settings.rerank_top_k]
