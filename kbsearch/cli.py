@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ask", help="ask one question")
     s.add_argument("question")
     s.add_argument("--kb", help="knowledge base name (default: default)")
-    s.add_argument("--top-k", type=int, default=None, help="results to return (default 3)")
+    s.add_argument("--top-k", type=int, default=None, choices=range(1, 21), metavar="1..20",
+                   help="results to return (default 3)")
     s.add_argument("--json", action="store_true", help="print the API's JSON response")
     s.set_defaults(func=cmd_ask)
     return p

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,10 @@ DEFAULT_QWEN3_RERANK_INSTRUCTION = (
 )
 
 
+KB_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+"""Knowledge-base names: letters, digits, ``_ . -``, not starting with a dot (so never ``.`` or ``..``)."""
+
+
 def _config_file() -> Path | None:
     path = os.environ.get("KBSEARCH_CONFIG")
     return Path(path) if path else None
@@ -40,7 +45,7 @@ class Settings(BaseSettings):
 
     # --- storage -----------------------------------------------------------------------------
     home: Path = Field(Path("indexes"), description="Directory holding every KB's builds (KBSEARCH_HOME).")
-    default_kb: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="KB used when none is named.")
+    default_kb: str = Field("default", pattern=KB_NAME_PATTERN, description="KB used when none is named.")
     keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
 
     # --- embedding -----------------------------------------------------------------------------
@@ -154,5 +159,14 @@ class Settings(BaseSettings):
         return self
 
     def kb_dir(self, kb: str) -> Path:
-        """Directory of one knowledge base's builds."""
+        """Directory of one knowledge base's builds.
+
+        Raises:
+            BadInputError: ``kb`` is not a valid name (it could otherwise point outside ``home``).
+        """
+        if not re.match(KB_NAME_PATTERN, kb):
+            from kbsearch.errors import BadInputError
+
+            raise BadInputError(f"invalid knowledge base name {kb!r}: use letters, digits, '_', '.', '-' "
+                                "(not starting with '.'), at most 64 characters")
         return self.home / kb

@@ -52,6 +52,8 @@ def test_handoff_keeps_results(client):
     ({"question": "hi", "top_k": 0}, "top_k"),
     ({"question": "hi", "top_k": 21}, "top_k"),
     ({"question": "hi", "kb": "../etc"}, "kb"),
+    ({"question": "hi", "kb": ".."}, "kb"),
+    ({"question": "hi", "kb": "."}, "kb"),
     ({"question": "hi", "extra": 1}, "extra"),
 ])
 def test_bad_input_is_422_naming_the_field(client, payload, field):
@@ -80,3 +82,14 @@ def test_not_ready_without_a_build(tmp_path):
         assert c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200
         assert c.post("/ask", json={"question": "hi"}).status_code == 404
+
+
+def test_defaults_come_from_settings(tmp_path):
+    settings = Settings(home=tmp_path, embed_backend="hash", threshold_vector=0.5, default_kb="shop", top_k=2)
+    entries = SMALL_KB[:4]
+    build_index(settings, "shop", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    engine = QueryEngine(settings, HashEmbedder(dim=64), make_reranker(settings))
+    with TestClient(create_app(settings, engine)) as c:
+        body = c.post("/ask", json={"question": "如何申请退货？"}).json()
+        assert body["results"][0]["id"] == "ret-1" and len(body["results"]) == 2
+        assert c.post("/ask", json={"question": "hi", "kb": "default"}).status_code == 404

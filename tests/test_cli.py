@@ -111,3 +111,11 @@ def test_row_prompts(mode):
     # Row order is preserved whatever order the batches ran in.
     np.testing.assert_allclose(vecs[0], emb.embed_queries([rows[0].text])[0] if mode == "query"
                                else emb.embed_documents([rows[0].text])[0])
+
+
+def test_bad_kb_names_and_top_k_are_refused(home, capsys):
+    assert main(["ask", "hi", "--kb", ".."]) == 2
+    assert "invalid knowledge base name" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", "hi", "--top-k", "-1"])
+    assert exc.value.code == 2

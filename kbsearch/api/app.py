@@ -70,7 +70,8 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
         """Answer a question with the best FAQ entry, or hand off to a human."""
         request_id = uuid.uuid4().hex
         answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k)
-        log.info("ask request_id=%s kb=%s answered=%s mode=%s", request_id, body.kb, answer.answered, answer.mode)
+        log.info("ask request_id=%s kb=%s answered=%s mode=%s", request_id, body.kb or engine.settings.default_kb,
+                 answer.answered, answer.mode)
         return AskResponse.from_answer(answer, request_id)
 
     return app

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.types import Answer
 
 
@@ -15,8 +16,9 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(..., min_length=1, max_length=2000, description="The user's question.")
-    top_k: int = Field(3, ge=1, le=20, description="How many results to return.")
-    kb: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Knowledge base name.")
+    top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: Settings.top_k, 3).")
+    kb: str | None = Field(None, pattern=KB_NAME_PATTERN,
+                           description="Knowledge base name (default: Settings.default_kb, 'default').")
 
     @field_validator("question")
     @classmethod

@@ -16,6 +16,7 @@ import numpy as np
 
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
+from kbsearch.errors import BadInputError
 from kbsearch.index.store import load_build, write_build
 from kbsearch.index.vector import FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
@@ -103,10 +104,10 @@ def build_index(
         progress: Show a progress bar while embedding.
 
     Raises:
-        ValueError: when there is nothing to index.
+        BadInputError: when there is nothing to index.
     """
     if not entries:
-        raise ValueError(f"nothing to index for knowledge base {kb!r}: no entry was kept")
+        raise BadInputError(f"nothing to index for knowledge base {kb!r}: no entry was kept")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     rows = make_rows(entries, chunks)
@@ -117,7 +118,7 @@ def build_index(
                          progress=progress)
     t2 = time.perf_counter()
     seconds["embed"] = t2 - t1
-    index = FaissIndex.build(vectors, device=settings.device)
+    index = FaissIndex.build(vectors, device="cpu")  # built to be saved; the service moves it to the GPU
     bm25 = BM25Index.build([r.text for r in rows], tokenizer=BM25_TOKENIZER)
     t3 = time.perf_counter()
     seconds["index"] = t3 - t2
@@ -127,8 +128,7 @@ def build_index(
         "model_id": embedder.model_id,
         "row_prompts": {"question": settings.question_rows_as, "variant": settings.question_rows_as,
                         "chunk": "document"},
-        "vector_index": {"type": "faiss.IndexFlatIP", "metric": "inner_product", "normalised": True,
-                         "built_on_gpu": index.on_gpu},
+        "vector_index": {"type": "faiss.IndexFlatIP", "metric": "inner_product", "normalised": True},
         "bm25": {"library": "rank-bm25", "variant": "BM25Okapi", "tokenizer": BM25_TOKENIZER,
                  "k1": bm25.k1, "b": bm25.b},
     }

@@ -8,6 +8,8 @@ over a live index (``faiss.write_index`` truncates first).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -101,6 +103,8 @@ class FaissIndex:
         self.dim = index.d
         self._cpu = index
         self.on_gpu = False
+        # FAISS GPU indexes are not thread-safe, even for search; CPU search is.
+        self._search_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         want_gpu = device == "cuda" or (device == "auto" and gpu_available())
         if want_gpu:
             if not gpu_available():
@@ -108,6 +112,7 @@ class FaissIndex:
             self._res = faiss.StandardGpuResources()
             self._index = faiss.index_cpu_to_gpu(self._res, 0, index)
             self.on_gpu = True
+            self._search_lock = threading.Lock()
         else:
             self._index = index
 
@@ -128,7 +133,8 @@ class FaissIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ValueError(f"query dimension {q.shape[1]} does not match the index dimension {self.dim}")
-        scores, rows = self._index.search(q, min(k, len(self)))
+        with self._search_lock:
+            scores, rows = self._index.search(q, min(k, len(self)))
         return scores, rows
 
     def save(self, path: Path) -> None:
