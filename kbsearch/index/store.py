@@ -14,7 +14,6 @@ swapped. A crash at any point leaves the previous build served. Loading verifies
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kbsearch.checksum import sha256_file
 from kbsearch.errors import IndexCorruptError, NotFoundError
 from kbsearch.index.vector import Device, FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
@@ -34,15 +34,6 @@ ACTIVE = "ACTIVE"
 VECTORS = "vectors.faiss"
 BM25_FILE = "bm25.json"
 DATA_FILES = ("entries.jsonl", "chunks.jsonl", "rows.jsonl", VECTORS, BM25_FILE, "report.json")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:

@@ -250,10 +250,14 @@ def _reject_damaged(result: ParsedFile) -> None:
 
 # --- record building ------------------------------------------------------------------------------
 
+LIST_SEPARATORS = re.compile(r"[|\n]")
+"""How a list field (variants, tags) written as text is split: at ``|`` or line breaks."""
+
+
 def _split_list(value: Any) -> Any:
     """``a|b`` or multi-line cells -> list; lists pass through; other values are left to validation."""
     if isinstance(value, str):
-        return re.split(r"[|\n]", value)
+        return LIST_SEPARATORS.split(value)
     return value
 
 

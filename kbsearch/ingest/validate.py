@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kbsearch.ingest.parse import RawRecord
+from kbsearch.ingest.parse import LIST_SEPARATORS, RawRecord
 from kbsearch.ingest.report import Problem
 from kbsearch.types import FaqEntry
 
@@ -87,11 +87,11 @@ def _text(value: Any, name: str) -> str:
 
 
 def _text_list(value: Any, name: str) -> tuple[str, ...]:
-    """A list (or ``|``-separated text) -> stripped, non-empty, exact duplicates removed, in order."""
+    """A list (or ``|``/line-separated text) -> stripped, non-empty, exact duplicates removed, in order."""
     if value is None:
         return ()
     if isinstance(value, str):
-        value = value.split("|")
+        value = LIST_SEPARATORS.split(value)
     if not isinstance(value, list):
         raise RowError(f"{name} must be a list or '|'-separated text, got {type(value).__name__}")
     items = (_text(v, name) for v in value)
