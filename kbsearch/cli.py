@@ -75,7 +75,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings)
     engine.load(args.kb)
     try:
-        answer = engine.ask(args.question, kb=args.kb, top_k=args.top_k)
+        answer = engine.ask(args.question, kb=args.kb, top_k=args.top_k, explain=args.explain)
     finally:
         engine.close()
     if args.json:
@@ -95,7 +95,25 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {h.score:.3f}  [{h.entry.id}] {h.entry.question}")
     for note in answer.notes:
         print(f"note: {note}")
+    if answer.explain is not None:
+        print(render_explain(answer.explain))
     return 0
+
+
+def render_explain(trace: dict) -> str:
+    """Hit-testing as text: each stage's top candidates with scores, then the deciding rule."""
+    lines = [f"\nfirst stage: {trace.get('first_stage', '-')}"]
+    for stage in ("vector", "bm25", "fused", "rerank"):
+        rows = trace.get(stage)
+        if not rows:
+            continue
+        lines.append(f"{stage}:")
+        for r in rows[:10]:
+            where = f" via {r['matched']}" + (f" #{r['chunk']}" if r.get("chunk", -1) >= 0 else "") if "matched" in r else ""
+            lines.append(f"  {r['score']:.4f}  [{r['id']}]{where}")
+    d = trace.get("decision", {})
+    lines.append(f"decision: {d.get('rule')} (score kind {d.get('score_kind')}, threshold {d.get('threshold')})")
+    return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -146,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None, choices=range(1, 21), metavar="1..20",
                    help="results to return (default 3)")
     s.add_argument("--json", action="store_true", help="print the API's JSON response")
+    s.add_argument("--explain", action="store_true", help="show every stage's candidates and the deciding rule")
     s.set_defaults(func=cmd_ask)
     return p
 

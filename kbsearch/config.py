@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     rerank_max_length: int = Field(512, ge=16, le=32768)
 
     # --- query path ----------------------------------------------------------------------------
+    first_stage: Literal["vector", "bm25", "hybrid"] = Field(
+        "vector",
+        description="Candidate generation: vector (FAISS), bm25, or hybrid (reciprocal-rank fusion of both; "
+        "the vector cosine of the top FAQ still decides against threshold_vector when no reranker runs).",
+    )
+    rrf_k: int = Field(60, ge=1, le=10000, description="Reciprocal-rank fusion constant k in 1/(k + rank).")
     vector_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from the vector index.")
     bm25_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from BM25 on the fallback path.")
     rerank_top_k: int = Field(50, ge=1, le=1000, description="Candidate FAQs passed to the reranker.")

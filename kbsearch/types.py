@@ -190,6 +190,8 @@ class Answer:
         index_version: The build id that served the question ("" when none was loaded).
         timings_ms: Milliseconds per stage.
         notes: Human-readable remarks, e.g. that the reranker is switched off.
+        candidates: Every first-stage candidate FAQ id, in first-stage order (for recall measurements).
+        explain: With ``explain``: each stage's candidates and scores, and the rule that decided.
     """
 
     answered: bool
@@ -200,6 +202,8 @@ class Answer:
     index_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
+    explain: dict[str, Any] | None = None
 
     @property
     def best(self) -> Hit | None:

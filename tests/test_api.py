@@ -93,3 +93,10 @@ def test_defaults_come_from_settings(tmp_path):
         body = c.post("/ask", json={"question": "如何申请退货？"}).json()
         assert body["results"][0]["id"] == "ret-1" and len(body["results"]) == 2
         assert c.post("/ask", json={"question": "hi", "kb": "default"}).status_code == 404
+
+
+def test_explain_over_http(client):
+    body = client.post("/ask", json={"question": "如何申请退货？", "explain": True}).json()
+    assert body["explain"]["first_stage"] == "vector" and body["explain"]["decision"]["rule"] == "answered"
+    assert body["explain"]["vector"][0]["id"] == "ret-1"
+    assert client.post("/ask", json={"question": "如何申请退货？"}).json()["explain"] is None

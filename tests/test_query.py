@@ -244,3 +244,47 @@ def test_candidate_bm25_scores_match_full_scoring(settings, built):
     for h in a.hits:
         full = max(raw[r] for r in b.faq_rows[h.entry.id]) / bound
         assert h.scores.bm25 == pytest.approx(min(full, 1.0), abs=1e-5)
+
+
+def test_bm25_first_stage_is_not_degraded(settings, built):
+    eng = engine(settings.model_copy(update={"first_stage": "bm25"}))
+    a = eng.ask("退货怎么申请")
+    assert a.mode == "bm25" and not a.degraded and a.hits[0].entry.id == "ret-1"
+    assert a.hits[0].scores.vector is None
+
+
+def test_hybrid_fuses_by_reciprocal_rank(settings, built):
+    s = settings.model_copy(update={"first_stage": "hybrid", "rrf_k": 60})
+    eng = engine(s)
+    a = eng.ask("退货 shipping", top_k=4, explain=True)
+    trace = a.explain
+    vec_rank = {r["id"]: i for i, r in enumerate(trace["vector"], start=1)}
+    bm_rank = {r["id"]: i for i, r in enumerate(trace["bm25"], start=1)}
+    for r in trace["fused"]:
+        expected = sum(1.0 / (60 + ranks[r["id"]]) for ranks in (vec_rank, bm_rank) if r["id"] in ranks)
+        assert r["score"] == pytest.approx(expected)
+    assert [r["id"] for r in trace["fused"]] == list(a.candidates)
+    # Every hit carries an exact vector score (the deciding score), even if BM25 alone found it.
+    b = eng.build("default")
+    q = eng.embedder.embed_queries(["退货 shipping"])[0]
+    for h in a.hits:
+        sims = b.vectors.similarity(q, b.faq_rows[h.entry.id])
+        assert h.scores.vector == pytest.approx(float(sims.max()), abs=1e-5)
+    assert a.mode == "vector" and trace["decision"]["score_kind"] == "vector"
+
+
+def test_explain_names_the_rule(settings, built):
+    eng = engine(settings)
+    off = eng.ask("量子色动力学的渐近自由", explain=True)
+    assert off.explain["decision"]["rule"].startswith("below-threshold")
+    assert off.explain["decision"]["threshold"] == settings.threshold_vector
+    assert off.explain["vector"] and off.explain["vector"][0]["matched"] in {"question", "variant", "chunk"}
+    assert eng.ask("如何申请退货？").explain is None  # only on request
+
+
+def test_precomputed_query_vector_gives_the_same_answer(settings, built):
+    eng = engine(settings)
+    q = eng.embedder.embed_queries(["How long does shipping take?"])[0]
+    a, b = eng.ask("How long does shipping take?"), eng.ask("How long does shipping take?", query_vector=q)
+    assert [h.entry.id for h in a.hits] == [h.entry.id for h in b.hits]
+    assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits])

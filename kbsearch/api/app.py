@@ -69,7 +69,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
     def ask(body: AskRequest, engine: EngineDep) -> AskResponse:
         """Answer a question with the best FAQ entry, or hand off to a human."""
         request_id = uuid.uuid4().hex
-        answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k)
+        answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k, explain=body.explain)
         log.info("ask request_id=%s kb=%s answered=%s mode=%s", request_id, body.kb or engine.settings.default_kb,
                  answer.answered, answer.mode)
         return AskResponse.from_answer(answer, request_id)

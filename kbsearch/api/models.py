@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,6 +19,7 @@ class AskRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: Settings.top_k, 3).")
     kb: str | None = Field(None, pattern=KB_NAME_PATTERN,
                            description="Knowledge base name (default: Settings.default_kb, 'default').")
+    explain: bool = Field(False, description="Return every stage's candidates, scores and the deciding rule.")
 
     @field_validator("question")
     @classmethod
@@ -69,6 +70,9 @@ class AskResponse(BaseModel):
     index_version: str
     timings_ms: dict[str, float]
     notes: list[str]
+    explain: dict[str, Any] | None = Field(
+        None, description="With explain=true: first_stage, vector/bm25/fused/rerank candidates "
+        "(id, score, matched row kind, chunk, text) and decision (score_kind, score, threshold, rule).")
 
     @classmethod
     def from_answer(cls, a: Answer, request_id: str) -> AskResponse:
@@ -85,5 +89,5 @@ class AskResponse(BaseModel):
             answered=a.answered, answer=best.entry.answer if best else None, results=results,
             handoff=HandoffOut(reason=a.handoff.reason, message=a.handoff.message) if a.handoff else None,
             mode=a.mode, degraded=a.degraded, request_id=request_id, index_version=a.index_version,
-            timings_ms=a.timings_ms, notes=list(a.notes),
+            timings_ms=a.timings_ms, notes=list(a.notes), explain=a.explain,
         )

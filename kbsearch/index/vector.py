@@ -137,6 +137,13 @@ class FaissIndex:
             scores, rows = self._index.search(q, min(k, len(self)))
         return scores, rows
 
+    def similarity(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
+        """Inner products of one query vector with the given rows (exact, from the stored vectors)."""
+        if not rows:
+            return np.zeros(0, dtype=np.float32)
+        vecs = self._cpu.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        return vecs @ np.asarray(query, dtype=np.float32).reshape(-1)
+
     def save(self, path: Path) -> None:
         """Write the (CPU copy of the) index to ``path``, which must not exist yet."""
         if path.exists():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class _Candidate:
     vector: float | None = None
     bm25: float | None = None
     rerank: float | None = None
+    fused: float | None = None
 
 
 def _group(rows: np.ndarray, scores: np.ndarray, build: Build, today: dt.date, kind: str) -> list[_Candidate]:
@@ -59,6 +61,12 @@ def _group(rows: np.ndarray, scores: np.ndarray, build: Build, today: dt.date, k
             cand.row = row
             setattr(cand, kind, float(s))
     return sorted(best.values(), key=lambda c: -getattr(c, kind))
+
+
+def _trace_row(c: _Candidate, kind: str) -> dict[str, Any]:
+    """One candidate as hit-testing shows it: which row matched, and its score."""
+    return {"id": c.entry.id, "score": getattr(c, kind), "matched": c.row.kind, "chunk": c.row.chunk,
+            "text": c.row.text[:200]}
 
 
 def rerank_text(cand: _Candidate, build: Build) -> str:
@@ -189,8 +197,17 @@ class QueryEngine:
         }
 
     # ---------------------------------------------------------------- asking
-    def ask(self, question: str, kb: str | None = None, top_k: int | None = None) -> Answer:
+    def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
+            query_vector: np.ndarray | None = None) -> Answer:
         """Answer one question from ``kb`` (default ``settings.default_kb``).
+
+        Args:
+            question: The user's question.
+            kb: Knowledge base name.
+            top_k: Results to return (default ``settings.top_k``).
+            explain: Record every stage's candidates and the rule that decided (``Answer.explain``).
+            query_vector: The question's embedding when the caller already has it (batch evaluation);
+                None embeds it here.
 
         Raises:
             NotFoundError: the KB does not exist (the API maps this to 404). Every backend failure
@@ -200,81 +217,96 @@ class QueryEngine:
         top_k = top_k or self.settings.top_k
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
+        trace: dict[str, Any] | None = {} if explain else None
         try:
-            return self._ask(question, kb, top_k, t0, timings)
+            return self._ask(question, kb, top_k, t0, timings, query_vector, trace)
         except NotFoundError:
             raise
         except Exception as exc:  # the last net: a user must get the hand-off, never a 500
             log.exception("unexpected error answering a question on %r", kb)
-            return self._canned(question, f"internal-error: {type(exc).__name__}", "", timings, t0)
+            return self._canned(question, f"internal-error: {type(exc).__name__}", "", timings, t0, trace=trace)
 
-    def _ask(self, question: str, kb: str, top_k: int, t0: float, timings: dict[str, float]) -> Answer:
+    def _ask(self, question: str, kb: str, top_k: int, t0: float, timings: dict[str, float],
+             query_vector: np.ndarray | None, trace: dict[str, Any] | None) -> Answer:
         notes: list[str] = []
         today = self._clock()
         try:
             build = self.build(kb)
         except IndexCorruptError as exc:
             log.error("cannot load knowledge base %r: %s", kb, exc)
-            return self._canned(question, f"index-unavailable: {exc}", "", timings, t0)
+            return self._canned(question, f"index-unavailable: {exc}", "", timings, t0, trace=trace)
+        stage = self.settings.first_stage
+        degraded = False
 
-        # 1. vector path
-        try:
-            cands = self._vector(question, build, today, timings)
-        except KbsearchError as exc:
-            notes.append(f"vector path failed: {exc}")
-            log.warning("vector path failed for %r: %s", kb, exc)
-            cands = None
-        if cands is not None:
-            mode: Mode = "vector"
-            degraded = False
-            self._attach_bm25(question, cands, build, timings)
-            if not self.reranker.enabled:
-                notes.append("reranker: none (stage skipped; vector cosine decides)")
-            elif self.reranker_error is not None:
+        # 1. first stage: vector and/or BM25 candidates, one per FAQ
+        vec: list[_Candidate] | None = None
+        qvec: np.ndarray | None = None
+        if stage in ("vector", "hybrid"):
+            try:
+                vec, qvec = self._vector(question, build, today, timings, query_vector)
+            except KbsearchError as exc:
                 degraded = True
-                notes.append(f"reranker unavailable, vector ranking used: {self.reranker_error}")
-            elif cands:
-                try:
-                    self._rerank(question, cands, build, timings)
-                    mode = "rerank"
-                except Exception as exc:  # a reranker that is down must not fail the request
-                    degraded = True
-                    notes.append(f"reranker failed, vector ranking used: {type(exc).__name__}: {exc}")
-                    log.warning("reranker failed: %s", exc)
-            return self._finish(question, cands, mode, degraded, build, top_k, timings, notes, t0)
+                notes.append(f"vector path failed, BM25 used: {exc}")
+                log.warning("vector path failed for %r: %s", kb, exc)
+        lex: list[_Candidate] | None = None
+        if stage == "bm25" or vec is None or stage == "hybrid":
+            lex = self._lexical(question, build, today, timings)
+        if vec is None and lex is None:
+            reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
+            return self._canned(question, reason, build.build_id, timings, t0, notes, trace)
+        if trace is not None:
+            trace["first_stage"] = stage
+            trace["vector"] = [_trace_row(c, "vector") for c in (vec or [])]
+            trace["bm25"] = [_trace_row(c, "bm25") for c in (lex or [])]
 
-        # 2. BM25 fallback
-        if build.bm25 is None:
-            reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error})"
-            return self._canned(question, reason, build.build_id, timings, t0, notes)
-        t = time.perf_counter()
-        try:
-            found = build.bm25.search(question, self.settings.bm25_top_k)
-        except Exception as exc:  # rank-bm25 internals: the last backend is down, hand off
-            log.exception("BM25 failed on %r", kb)
-            return self._canned(question, f"backend-failure: vector and BM25 failed ({type(exc).__name__})",
-                                build.build_id, timings, t0, notes)
-        finally:
-            timings["bm25"] = (time.perf_counter() - t) * 1000
-        cands = _group(found.rows, found.normalised, build, today, "bm25")
-        return self._finish(question, cands, "bm25", True, build, top_k, timings, notes, t0)
+        if vec is not None and lex is not None and stage == "hybrid":
+            cands = self._fuse(vec, lex, build, qvec)
+            if trace is not None:
+                trace["fused"] = [{"id": c.entry.id, "score": c.fused} for c in cands]
+            mode: Mode = "vector"
+        elif vec is not None:
+            cands, mode = vec, "vector"
+        else:
+            cands, mode = lex or [], "bm25"
+        if stage != "bm25":
+            self._attach_bm25(question, cands, build, timings)
+
+        # 2. second stage
+        if not self.reranker.enabled:
+            notes.append(f"reranker: none (stage skipped; {mode} score decides)")
+        elif self.reranker_error is not None:
+            degraded = True
+            notes.append(f"reranker unavailable, {mode} ranking used: {self.reranker_error}")
+        elif cands:
+            try:
+                self._rerank(question, cands, build, timings)
+                mode = "rerank"
+                if trace is not None:
+                    trace["rerank"] = [{"id": c.entry.id, "score": c.rerank} for c in cands if c.rerank is not None]
+            except Exception as exc:  # a reranker that is down must not fail the request
+                degraded = True
+                notes.append(f"reranker failed, {mode} ranking used: {type(exc).__name__}: {exc}")
+                log.warning("reranker failed: %s", exc)
+        return self._finish(question, cands, mode, degraded, build, top_k, timings, notes, t0, trace)
 
     # ---------------------------------------------------------------- stages
-    def _vector(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate]:
+    def _vector(self, question: str, build: Build, today: dt.date, timings: dict[str, float],
+                query_vector: np.ndarray | None) -> tuple[list[_Candidate], np.ndarray]:
         if self.embedder_error is not None:
             raise BackendError(f"embedder not loaded: {self.embedder_error}")
         if build.vectors is None:
             raise IndexCorruptError(build.vector_error or "vector index missing")
         index = build.vectors
 
-        def run() -> tuple[np.ndarray, np.ndarray]:
-            q = self.embedder.embed_queries([question])
-            return index.search(q, self.settings.vector_top_k)
+        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            q = self.embedder.embed_queries([question]) if query_vector is None else query_vector.reshape(1, -1)
+            scores, rows = index.search(q, self.settings.vector_top_k)
+            return q, scores, rows
 
         t = time.perf_counter()
         future = self._pool.submit(run)
         try:
-            scores, rows = future.result(timeout=self.settings.vector_timeout_s)
+            q, scores, rows = future.result(timeout=self.settings.vector_timeout_s)
         except FutureTimeout as exc:
             future.cancel()
             raise _VectorFailure(f"timed out after {self.settings.vector_timeout_s}s") from exc
@@ -282,7 +314,49 @@ class QueryEngine:
             raise _VectorFailure(f"{type(exc).__name__}: {exc}") from exc
         finally:
             timings["vector"] = (time.perf_counter() - t) * 1000
-        return _group(rows[0], scores[0], build, today, "vector")
+        return _group(rows[0], scores[0], build, today, "vector"), q[0]
+
+    def _lexical(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate] | None:
+        """BM25 candidates, or None when BM25 is unavailable or fails."""
+        if build.bm25 is None:
+            return None
+        t = time.perf_counter()
+        try:
+            found = build.bm25.search(question, self.settings.bm25_top_k)
+        except Exception:  # rank-bm25 internals: this backend is down for this question
+            log.exception("BM25 failed")
+            return None
+        finally:
+            timings["bm25"] = (time.perf_counter() - t) * 1000
+        return _group(found.rows, found.normalised, build, today, "bm25")
+
+    def _fuse(self, vec: list[_Candidate], lex: list[_Candidate], build: Build,
+              qvec: np.ndarray | None) -> list[_Candidate]:
+        """Reciprocal-rank fusion of the two candidate lists (``1/(k + rank)`` summed per FAQ).
+
+        FAQs found by BM25 alone get their vector score computed exactly from the index, so the vector
+        threshold can judge whichever FAQ ends up on top.
+        """
+        k = self.settings.rrf_k
+        merged: dict[str, _Candidate] = {}
+        for ranked in (vec, lex):
+            for rank, c in enumerate(ranked, start=1):
+                m = merged.get(c.entry.id)
+                if m is None:
+                    m = merged[c.entry.id] = _Candidate(entry=c.entry, row=c.row, vector=c.vector, bm25=c.bm25,
+                                                        fused=0.0)
+                else:
+                    m.vector = m.vector if m.vector is not None else c.vector
+                    m.bm25 = m.bm25 if m.bm25 is not None else c.bm25
+                m.fused = (m.fused or 0.0) + 1.0 / (k + rank)
+        missing = [m for m in merged.values() if m.vector is None]
+        if missing and qvec is not None and build.vectors is not None:
+            for m in missing:
+                rows = build.faq_rows.get(m.entry.id, [])
+                sims = build.vectors.similarity(qvec, rows)
+                best = int(np.argmax(sims))
+                m.vector = float(sims[best])
+        return sorted(merged.values(), key=lambda c: (-(c.fused or 0.0), -(c.vector or 0.0)))
 
     @staticmethod
     def _attach_bm25(question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
@@ -290,6 +364,7 @@ class QueryEngine:
 
         Informational on the vector path: a BM25 failure leaves the scores unset and is logged.
         """
+        cands = [c for c in cands if c.bm25 is None]
         if build.bm25 is None or not cands:
             return
         spans = [build.faq_rows.get(c.entry.id, []) for c in cands]
@@ -316,7 +391,7 @@ class QueryEngine:
             timings["rerank"] = (time.perf_counter() - t) * 1000
         for c, s in zip(head, scores):
             c.rerank = float(s)
-        # FAQs beyond the rerank window keep their vector order after the reranked ones.
+        # FAQs beyond the rerank window keep their first-stage order after the reranked ones.
         cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
 
     # ---------------------------------------------------------------- results
@@ -325,7 +400,8 @@ class QueryEngine:
                 "bm25": self.settings.threshold_bm25}[mode]
 
     def _finish(self, question: str, cands: list[_Candidate], mode: Mode, degraded: bool, build: Build,
-                top_k: int, timings: dict[str, float], notes: list[str], t0: float) -> Answer:
+                top_k: int, timings: dict[str, float], notes: list[str], t0: float,
+                trace: dict[str, Any] | None) -> Answer:
         kind = mode if mode != "canned" else "vector"
         hits = tuple(
             Hit(entry=c.entry, score=float(getattr(c, kind) or 0.0),
@@ -340,17 +416,23 @@ class QueryEngine:
             handoff = handoff_for(
                 question, f"below-threshold: {mode} score {hits[0].score:.3f} < threshold_{mode} {threshold:.3f}",
                 self.settings)
+        if trace is not None:
+            trace["decision"] = {"score_kind": mode, "score": hits[0].score if hits else None,
+                                 "threshold": threshold, "rule": handoff.reason if handoff else "answered"}
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Answer(answered=handoff is None, hits=hits, handoff=handoff, mode=mode, degraded=degraded,
                       index_version=build.build_id, timings_ms={k: round(v, 2) for k, v in timings.items()},
-                      notes=tuple(notes))
+                      notes=tuple(notes), candidates=tuple(c.entry.id for c in cands), explain=trace)
 
     def _canned(self, question: str, reason: str, index_version: str, timings: dict[str, float], t0: float,
-                notes: list[str] | None = None) -> Answer:
+                notes: list[str] | None = None, trace: dict[str, Any] | None = None) -> Answer:
         timings["total"] = (time.perf_counter() - t0) * 1000
+        if trace is not None:
+            trace["decision"] = {"score_kind": "canned", "score": None, "threshold": None, "rule": reason}
         return Answer(answered=False, hits=(), handoff=handoff_for(question, reason, self.settings),
                       mode="canned", degraded=True, index_version=index_version,
-                      timings_ms={k: round(v, 2) for k, v in timings.items()}, notes=tuple(notes or ()))
+                      timings_ms={k: round(v, 2) for k, v in timings.items()}, notes=tuple(notes or ()),
+                      explain=trace)
 
     def close(self) -> None:
         """Release the worker threads."""
