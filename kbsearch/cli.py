@@ -116,6 +116,52 @@ def render_explain(trace: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Measure retrieval quality on labelled queries, every first stage side by side."""
+    import tempfile
+
+    from kbsearch.embed import make_embedder
+    from kbsearch.eval import load_queries, prepare_benchmark, run_eval
+    from kbsearch.rerank import make_reranker
+
+    stages = tuple(s.strip() for s in args.first_stages.split(",") if s.strip())
+    bad = [s for s in stages if s not in ("bm25", "vector", "hybrid")]
+    if bad or not stages:
+        raise BadInputError(f"--first-stages takes bm25, vector, hybrid; got {args.first_stages!r}")
+    embedder, reranker = make_embedder(settings), make_reranker(settings)
+    with tempfile.TemporaryDirectory(prefix="kbsearch-eval-") as tmp:
+        ingest = None
+        if args.path:
+            bench = Path(args.path)
+            if not bench.is_dir():
+                raise BadInputError(f"{bench}: not a benchmark folder (kb.jsonl + queries_*.jsonl)")
+            queries_path = bench / args.queries if args.queries else _only_queries_file(bench)
+            settings = settings.model_copy(update={"home": Path(tmp)})
+            kb, dataset = "eval", bench.name
+            print(f"ingesting {bench} into a temporary KB…", file=sys.stderr)
+            ingest = prepare_benchmark(bench, settings, kb, embedder, progress=True)
+        else:
+            if not args.queries or not args.kb:
+                raise BadInputError("give a benchmark folder, or --kb NAME with --queries FILE")
+            queries_path, kb, dataset = Path(args.queries), args.kb, args.kb
+        queries = load_queries(queries_path, limit=args.limit)
+        report = run_eval(settings, kb, queries, embedder, reranker, dataset=dataset,
+                          queries_file=queries_path.name, first_stages=stages, ingest=ingest,
+                          progress=lambda line: print(line, file=sys.stderr))
+    print(report.render())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
+        print(f"figures saved to {args.json}")
+    return 0
+
+
+def _only_queries_file(bench: Path) -> Path:
+    files = sorted(bench.glob("queries_*.jsonl"))
+    if len(files) != 1:
+        raise BadInputError(f"{bench}: name the queries file with --queries (found {[f.name for f in files]})")
+    return files[0]
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP API with uvicorn."""
     import uvicorn
@@ -152,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild-index", help="re-embed the active build into a new build")
     s.add_argument("--kb", help="knowledge base name (default: default)")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("eval", help="measure retrieval quality on labelled queries")
+    s.add_argument("path", nargs="?", help="benchmark folder (kb.jsonl + queries_*.jsonl), ingested into a temp KB")
+    s.add_argument("--queries", help="queries file (in the folder, or a path with --kb)")
+    s.add_argument("--kb", help="evaluate an already-ingested knowledge base instead of a benchmark folder")
+    s.add_argument("--first-stages", default="bm25,vector,hybrid", help="configurations to compare")
+    s.add_argument("--limit", type=int, default=0, help="only the first N queries")
+    s.add_argument("--json", help="also write the figures as JSON to this file")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("serve", help="run the HTTP API")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")

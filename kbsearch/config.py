@@ -95,6 +95,9 @@ class Settings(BaseSettings):
         "the vector cosine of the top FAQ still decides against threshold_vector when no reranker runs).",
     )
     rrf_k: int = Field(60, ge=1, le=10000, description="Reciprocal-rank fusion constant k in 1/(k + rank).")
+    rrf_bm25_weight: float = Field(
+        1.0, ge=0.0, le=10.0, description="Weight of the BM25 list in the fusion (the vector list weighs 1)."
+    )
     vector_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from the vector index.")
     bm25_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from BM25 on the fallback path.")
     rerank_top_k: int = Field(50, ge=1, le=1000, description="Candidate FAQs passed to the reranker.")

@@ -332,14 +332,14 @@ class QueryEngine:
 
     def _fuse(self, vec: list[_Candidate], lex: list[_Candidate], build: Build,
               qvec: np.ndarray | None) -> list[_Candidate]:
-        """Reciprocal-rank fusion of the two candidate lists (``1/(k + rank)`` summed per FAQ).
+        """Weighted reciprocal-rank fusion of the two lists (``weight/(k + rank)`` summed per FAQ).
 
         FAQs found by BM25 alone get their vector score computed exactly from the index, so the vector
         threshold can judge whichever FAQ ends up on top.
         """
         k = self.settings.rrf_k
         merged: dict[str, _Candidate] = {}
-        for ranked in (vec, lex):
+        for ranked, weight in ((vec, 1.0), (lex, self.settings.rrf_bm25_weight)):
             for rank, c in enumerate(ranked, start=1):
                 m = merged.get(c.entry.id)
                 if m is None:
@@ -348,7 +348,7 @@ class QueryEngine:
                 else:
                     m.vector = m.vector if m.vector is not None else c.vector
                     m.bm25 = m.bm25 if m.bm25 is not None else c.bm25
-                m.fused = (m.fused or 0.0) + 1.0 / (k + rank)
+                m.fused = (m.fused or 0.0) + weight / (k + rank)
         missing = [m for m in merged.values() if m.vector is None]
         if missing and qvec is not None and build.vectors is not None:
             for m in missing:
