@@ -155,6 +155,25 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Choose the KB's hand-off threshold from labelled questions and store it with the KB."""
+    from kbsearch.embed import make_embedder
+    from kbsearch.eval import load_queries
+    from kbsearch.eval.calibrate import calibrate
+    from kbsearch.rerank import make_reranker
+
+    kb = args.kb or settings.default_kb
+    queries = load_queries(Path(args.queries), limit=args.limit)
+    result = calibrate(settings, kb, queries, make_embedder(settings), make_reranker(settings),
+                       target=args.target, store=not args.dry_run)
+    print(result.render())
+    if result.threshold is not None and not args.dry_run:
+        print(f"stored in {settings.kb_dir(kb) / 'thresholds.json'}; /ask on {kb!r} uses it from the next question")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
+    return 0 if result.threshold is not None else 5
+
+
 def _only_queries_file(bench: Path) -> Path:
     files = sorted(bench.glob("queries_*.jsonl"))
     if len(files) != 1:
@@ -207,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=0, help="only the first N queries")
     s.add_argument("--json", help="also write the figures as JSON to this file")
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("calibrate", help="choose and store a KB's hand-off threshold from labelled questions")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.add_argument("--queries", required=True, help="labelled questions (queries_*.jsonl; gold [] = out of scope)")
+    s.add_argument("--target", type=float, default=0.90, help="answered-precision to reach (default 0.90)")
+    s.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    s.add_argument("--dry-run", action="store_true", help="print the curve without storing the threshold")
+    s.add_argument("--json", help="also write the curve and decision as JSON to this file")
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("serve", help="run the HTTP API")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")

@@ -244,3 +244,28 @@ def _faq_rows(rows: list[IndexRow]) -> dict[str, list[int]]:
     for i, r in enumerate(rows):
         out.setdefault(r.faq_id, []).append(i)
     return out
+
+
+THRESHOLDS = "thresholds.json"
+
+
+def read_thresholds(kb_dir: Path) -> dict[str, dict[str, Any]]:
+    """The KB's calibrated thresholds by score kind (``{}`` when never calibrated or unreadable)."""
+    try:
+        data = json.loads((kb_dir / THRESHOLDS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]]) -> Path:
+    """Merge ``update`` (score kind -> calibration) into the KB's thresholds file, atomically."""
+    if active_build_id(kb_dir) is None:
+        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build to calibrate")
+    data = {**read_thresholds(kb_dir), **update}
+    tmp = kb_dir / f".{THRESHOLDS}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    os.replace(tmp, kb_dir / THRESHOLDS)
+    return kb_dir / THRESHOLDS

@@ -26,7 +26,7 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, IndexCorruptError, KbsearchError, NotFoundError
-from kbsearch.index.store import Build, active_build_id, load_build
+from kbsearch.index.store import THRESHOLDS, Build, active_build_id, load_build, read_thresholds
 from kbsearch.rerank.base import Reranker
 from kbsearch.service.handoff import handoff_for
 from kbsearch.types import Answer, FaqEntry, Hit, IndexRow, Mode, Scores
@@ -96,6 +96,7 @@ class QueryEngine:
         self._clock = clock
         self._builds: dict[str, Build] = {}
         self._failed: dict[str, str] = {}  # kb -> id of an active build that failed to load
+        self._thresholds: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}  # kb -> (mtime, file)
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbsearch-vector")
         self.embedder_error: str | None = None
@@ -395,9 +396,35 @@ class QueryEngine:
         cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
 
     # ---------------------------------------------------------------- results
-    def _threshold(self, mode: Mode) -> float:
-        return {"rerank": self.settings.threshold_rerank, "vector": self.settings.threshold_vector,
-                "bm25": self.settings.threshold_bm25}[mode]
+    def _threshold(self, mode: Mode, kb: str) -> tuple[float, str]:
+        """The threshold for ``mode``'s score kind and where it comes from.
+
+        A KB's calibrated threshold (``kbsearch calibrate``) wins over the global setting when it was
+        measured with the model, reranker and first stage now serving; otherwise the setting applies.
+        """
+        setting = {"rerank": self.settings.threshold_rerank, "vector": self.settings.threshold_vector,
+                   "bm25": self.settings.threshold_bm25}[mode]
+        cal = self._calibrated(kb).get(mode)
+        if cal is None:
+            return setting, "setting"
+        serving = {"model_id": self.embedder.model_id, "first_stage": self.settings.first_stage,
+                   "reranker": self.reranker.model_id if self.reranker.enabled else "none"}
+        if any(cal.get(k) != v for k, v in serving.items()):
+            return setting, "setting (calibration was for another configuration)"
+        return float(cal["threshold"]), f"calibrated {cal.get('date', '')}"
+
+    def _calibrated(self, kb: str) -> dict[str, dict[str, Any]]:
+        """The KB's thresholds file, re-read when it changes (one stat per question)."""
+        path = self.settings.kb_dir(kb) / THRESHOLDS
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        cached = self._thresholds.get(kb)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, read_thresholds(self.settings.kb_dir(kb)))
+            self._thresholds[kb] = cached
+        return cached[1]
 
     def _finish(self, question: str, cands: list[_Candidate], mode: Mode, degraded: bool, build: Build,
                 top_k: int, timings: dict[str, float], notes: list[str], t0: float,
@@ -408,7 +435,7 @@ class QueryEngine:
                 scores=Scores(vector=c.vector, bm25=c.bm25, rerank=c.rerank), matched=c.row)
             for c in cands[:top_k]
         )
-        threshold = self._threshold(mode)
+        threshold, source = self._threshold(mode, build.path.parent.parent.name)
         handoff = None
         if not hits:
             handoff = handoff_for(question, "no-match: no candidate FAQ", self.settings)
@@ -418,7 +445,8 @@ class QueryEngine:
                 self.settings)
         if trace is not None:
             trace["decision"] = {"score_kind": mode, "score": hits[0].score if hits else None,
-                                 "threshold": threshold, "rule": handoff.reason if handoff else "answered"}
+                                 "threshold": threshold, "threshold_source": source,
+                                 "rule": handoff.reason if handoff else "answered"}
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Answer(answered=handoff is None, hits=hits, handoff=handoff, mode=mode, degraded=degraded,
                       index_version=build.build_id, timings_ms={k: round(v, 2) for k, v in timings.items()},

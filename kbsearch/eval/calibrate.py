@@ -1,0 +1,155 @@
+"""``kbsearch calibrate``: choose the hand-off threshold of a KB from labelled questions.
+
+The questions run through the KB's configured query path once; for each one we keep the deciding
+score of the top result (its kind is the answer's ``mode``: rerank, vector or bm25) and whether that
+result is right (out-of-scope questions, gold ``[]``, are right only when handed off). Sweeping the
+threshold over the observed scores gives the precision/coverage curve; the chosen threshold is the
+lowest one whose answered-precision reaches the target, which is the highest coverage at that
+precision. The result is stored per KB and per score kind (``thresholds.json`` beside the builds) with
+the model it was measured with, and the query path uses it in place of the global setting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kbsearch.config import Settings
+from kbsearch.embed.base import Embedder
+from kbsearch.errors import BadInputError
+from kbsearch.eval.run import EvalQuery
+from kbsearch.index.store import write_thresholds
+from kbsearch.rerank.base import Reranker
+from kbsearch.service.query import QueryEngine
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """Precision and coverage if the threshold were ``threshold``."""
+
+    threshold: float
+    answered_precision: float
+    coverage: float
+    oos_handoff_rate: float | None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen threshold for one score kind, with the curve it came from."""
+
+    kb: str
+    score_kind: str
+    target_precision: float
+    threshold: float | None
+    answered_precision: float | None
+    coverage: float | None
+    oos_handoff_rate: float | None
+    queries: int
+    in_scope: int
+    out_of_scope: int
+    curve: list[CurvePoint]
+    model_id: str
+    reranker: str
+    first_stage: str
+    date: str
+
+    def render(self, points: int = 12) -> str:
+        """The curve (a sample of points) and the decision, as text."""
+        lines = [f"{self.kb}: {self.queries} questions ({self.in_scope} in scope, {self.out_of_scope} out of scope), "
+                 f"score kind {self.score_kind}, target answered-precision {self.target_precision:.2f}",
+                 f"{'threshold':>10}{'precision':>11}{'coverage':>10}{'OOS h/o':>9}"]
+        step = max(1, len(self.curve) // points)
+        for p in self.curve[::step]:
+            oos = "-" if p.oos_handoff_rate is None else f"{p.oos_handoff_rate:.3f}"
+            lines.append(f"{p.threshold:>10.4f}{p.answered_precision:>11.3f}{p.coverage:>10.3f}{oos:>9}")
+        if self.threshold is None:
+            lines.append(f"no threshold reaches precision {self.target_precision:.2f}; nothing stored")
+        else:
+            oos = "-" if self.oos_handoff_rate is None else f"{self.oos_handoff_rate:.3f}"
+            lines.append(f"chosen threshold_{self.score_kind} = {self.threshold:.4f}: precision "
+                         f"{self.answered_precision:.3f}, coverage {self.coverage:.3f}, OOS handed off {oos}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+def sweep(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray) -> list[CurvePoint]:
+    """Precision/coverage at every distinct score used as the threshold (answer when score >= t).
+
+    Args:
+        scores: Deciding score of each question's top result.
+        correct: Whether that top result is right (never true for out-of-scope questions).
+        in_scope: Whether the question has a gold answer.
+    """
+    n_in = int(in_scope.sum())
+    n_oos = int((~in_scope).sum())
+    order = np.argsort(-scores, kind="stable")
+    s, c, i = scores[order], correct[order], in_scope[order]
+    answered = np.arange(1, len(s) + 1)
+    right = np.cumsum(c)
+    in_answered = np.cumsum(i)
+    oos_answered = answered - in_answered
+    points = []
+    # Only the last index of a run of equal scores is a reachable cut.
+    last = np.r_[s[1:] != s[:-1], True]
+    for k in np.flatnonzero(last):
+        points.append(CurvePoint(
+            threshold=float(s[k]),
+            answered_precision=float(right[k] / answered[k]),
+            coverage=float(in_answered[k] / n_in) if n_in else 0.0,
+            oos_handoff_rate=float(1 - oos_answered[k] / n_oos) if n_oos else None,
+        ))
+    return points
+
+
+def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
+              target: float = 0.90, store: bool = True) -> Calibration:
+    """Choose and (by default) store ``kb``'s threshold for the score kind its query path decides with.
+
+    Raises:
+        BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
+            failed during the run, so some were answered from BM25).
+    """
+    if not queries:
+        raise BadInputError("no queries to calibrate with")
+    if not 0 < target <= 1:
+        raise BadInputError(f"target precision must be in (0, 1], got {target}")
+    engine = QueryEngine(settings, embedder, reranker)
+    engine.load(kb)
+    qvecs = np.concatenate([embedder.embed_queries([q.query for q in queries[i : i + settings.embed_batch_size]])
+                            for i in range(0, len(queries), settings.embed_batch_size)])
+    answers = [engine.ask(q.query, kb=kb, top_k=1, query_vector=v) for q, v in zip(queries, qvecs)]
+    engine.close()
+    kinds = {a.mode for a in answers if a.hits}
+    if len(kinds) != 1:
+        raise BadInputError(f"answers came from several score kinds {sorted(kinds)}: is a backend failing?")
+    kind = kinds.pop()
+    scores = np.array([a.hits[0].score if a.hits else -np.inf for a in answers], dtype=np.float64)
+    in_scope = np.array([bool(q.gold) for q in queries])
+    correct = np.array([bool(q.gold) and bool(a.hits) and bool({a.hits[0].entry.id, *a.hits[0].entry.merged_ids}
+                                                               & set(q.gold)) for q, a in zip(queries, answers)])
+    curve = sweep(scores, correct, in_scope)
+    ok = [p for p in curve if p.answered_precision >= target]
+    best = min(ok, key=lambda p: p.threshold) if ok else None
+    result = Calibration(
+        kb=kb, score_kind=kind, target_precision=target,
+        threshold=best.threshold if best else None,
+        answered_precision=best.answered_precision if best else None,
+        coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
+        queries=len(queries), in_scope=int(in_scope.sum()), out_of_scope=int((~in_scope).sum()),
+        curve=curve, model_id=embedder.model_id, reranker=reranker.model_id if reranker.enabled else "none",
+        first_stage=settings.first_stage, date=dt.date.today().isoformat(),
+    )
+    if store and best is not None:
+        write_thresholds(settings.kb_dir(kb), {kind: {
+            "threshold": best.threshold, "model_id": result.model_id, "reranker": result.reranker,
+            "first_stage": result.first_stage, "target_precision": target,
+            "answered_precision": best.answered_precision, "coverage": best.coverage,
+            "oos_handoff_rate": best.oos_handoff_rate, "queries": len(queries), "date": result.date,
+        }})
+    return result

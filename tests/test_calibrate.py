@@ -1,0 +1,75 @@
+"""kbsearch calibrate: the precision/coverage sweep by hand, storage per KB and score kind, and /ask using it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kbsearch.cli import main
+from kbsearch.config import Settings
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.eval.calibrate import sweep
+from kbsearch.index.store import read_thresholds, write_thresholds
+from kbsearch.rerank.none import NoReranker
+from kbsearch.service.query import QueryEngine
+from test_eval import bench  # noqa: F401  (the tiny benchmark folder fixture)
+
+
+def test_sweep_by_hand():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.6])
+    correct = np.array([True, True, False, False, False])
+    in_scope = np.array([True, True, True, False, True])
+    curve = sweep(scores, correct, in_scope)
+    assert [p.threshold for p in curve] == [0.9, 0.8, 0.7, 0.6]  # ties cut together
+    assert [p.answered_precision for p in curve] == pytest.approx([1.0, 2 / 3, 2 / 4, 2 / 5])
+    assert [p.coverage for p in curve] == pytest.approx([1 / 4, 3 / 4, 3 / 4, 4 / 4])
+    assert [p.oos_handoff_rate for p in curve] == pytest.approx([1.0, 1.0, 0.0, 0.0])
+
+
+def test_calibrate_stores_and_ask_uses_it(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KBSEARCH_THRESHOLD_VECTOR", "0.0")  # the global setting would answer everything
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"), "--target", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen threshold_vector" in out
+    stored = read_thresholds(tmp_path / "home" / "shop")["vector"]
+    assert stored["answered_precision"] == 1.0 and stored["model_id"] == "kbsearch/hash-ngram-v1"
+    assert stored["oos_handoff_rate"] == 1.0 and 0.0 < stored["threshold"] <= 1.0
+
+    settings = Settings()
+    engine = QueryEngine(settings, HashEmbedder(dim=64), NoReranker())
+    engine.load("shop")
+    off = engine.ask("量子色动力学", kb="shop", explain=True)
+    assert not off.answered and off.explain["decision"]["threshold"] == pytest.approx(stored["threshold"])
+    assert off.explain["decision"]["threshold_source"].startswith("calibrated")
+    assert engine.ask("怎么申请退货", kb="shop").answered
+
+
+def test_calibration_for_another_model_is_ignored(bench, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    write_thresholds(tmp_path / "home" / "shop", {"vector": {"threshold": 0.99, "model_id": "other-model",
+                                                             "reranker": "none", "first_stage": "vector"}})
+    settings = Settings(threshold_vector=0.1)
+    engine = QueryEngine(settings, HashEmbedder(dim=64), NoReranker())
+    engine.load("shop")
+    a = engine.ask("怎么申请退货", kb="shop", explain=True)
+    assert a.answered and a.explain["decision"]["threshold"] == 0.1
+    assert "another configuration" in a.explain["decision"]["threshold_source"]
+
+
+def test_unreachable_target_stores_nothing(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    queries = tmp_path / "wrong.jsonl"
+    queries.write_text(json.dumps({"qid": "1", "query": "怎么申请退货", "gold": ["pw"]}) + "\n", encoding="utf-8")
+    assert main(["calibrate", "--kb", "shop", "--queries", str(queries)]) == 5
+    assert "nothing stored" in capsys.readouterr().out
+    assert read_thresholds(tmp_path / "home" / "shop") == {}
