@@ -165,7 +165,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     kb = args.kb or settings.default_kb
     queries = load_queries(Path(args.queries), limit=args.limit)
     result = calibrate(settings, kb, queries, make_embedder(settings), make_reranker(settings),
-                       target=args.target, store=not args.dry_run)
+                       target=args.target, min_oos_handoff=args.min_oos_handoff, store=not args.dry_run)
     print(result.render())
     if result.threshold is not None and not args.dry_run:
         print(f"stored in {settings.kb_dir(kb) / 'thresholds.json'}; /ask on {kb!r} uses it from the next question")
@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kb", help="knowledge base name (default: default)")
     s.add_argument("--queries", required=True, help="labelled questions (queries_*.jsonl; gold [] = out of scope)")
     s.add_argument("--target", type=float, default=0.90, help="answered-precision to reach (default 0.90)")
+    s.add_argument("--min-oos-handoff", type=float, default=0.80,
+                   help="share of out-of-scope questions that must be handed off, when there are any (default 0.80)")
     s.add_argument("--limit", type=int, default=0, help="only the first N questions")
     s.add_argument("--dry-run", action="store_true", help="print the curve without storing the threshold")
     s.add_argument("--json", help="also write the curve and decision as JSON to this file")

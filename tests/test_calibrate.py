@@ -73,3 +73,23 @@ def test_unreachable_target_stores_nothing(bench, tmp_path, monkeypatch, capsys)
     assert main(["calibrate", "--kb", "shop", "--queries", str(queries)]) == 5
     assert "nothing stored" in capsys.readouterr().out
     assert read_thresholds(tmp_path / "home" / "shop") == {}
+
+
+def test_min_oos_handoff_raises_the_threshold(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """With an out-of-scope question scoring above the lowest right answer, requiring every OOS question
+    to be handed off moves the threshold above that OOS score."""
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    qs = tmp_path / "q.jsonl"
+    rows = [{"qid": "1", "query": "如何申请退货？", "gold": ["ret"]},
+            {"qid": "2", "query": "付款", "gold": ["pay"]},
+            {"qid": "3", "query": "申请退货", "gold": []}]  # out of scope by label, but close to ret
+    qs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    args = ["calibrate", "--kb", "shop", "--queries", str(qs), "--dry-run", "--target", "0.5", "--json"]
+    assert main(args + [str(tmp_path / "loose.json"), "--min-oos-handoff", "0"]) == 0
+    assert main(args + [str(tmp_path / "strict.json"), "--min-oos-handoff", "1"]) == 0
+    loose = json.loads((tmp_path / "loose.json").read_text())
+    strict = json.loads((tmp_path / "strict.json").read_text())
+    assert strict["oos_handoff_rate"] == 1.0 and strict["threshold"] > loose["threshold"]
+    assert strict["coverage"] <= loose["coverage"]

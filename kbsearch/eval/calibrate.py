@@ -4,8 +4,8 @@ The questions run through the KB's configured query path once; for each one we k
 score of the top result (its kind is the answer's ``mode``: rerank, vector or bm25) and whether that
 result is right (out-of-scope questions, gold ``[]``, are right only when handed off). Sweeping the
 threshold over the observed scores gives the precision/coverage curve; the chosen threshold is the
-lowest one whose answered-precision reaches the target, which is the highest coverage at that
-precision. The result is stored per KB and per score kind (``thresholds.json`` beside the builds) with
+lowest one whose answered-precision reaches the target (default 0.90) while handing off at least a
+minimum share of the out-of-scope questions (default 0.80), which is the highest coverage under both. The result is stored per KB and per score kind (``thresholds.json`` beside the builds) with
 the model it was measured with, and the query path uses it in place of the global setting.
 """
 
@@ -43,6 +43,7 @@ class Calibration:
     kb: str
     score_kind: str
     target_precision: float
+    min_oos_handoff: float
     threshold: float | None
     answered_precision: float | None
     coverage: float | None
@@ -66,7 +67,8 @@ class Calibration:
             oos = "-" if p.oos_handoff_rate is None else f"{p.oos_handoff_rate:.3f}"
             lines.append(f"{p.threshold:>10.4f}{p.answered_precision:>11.3f}{p.coverage:>10.3f}{oos:>9}")
         if self.threshold is None:
-            lines.append(f"no threshold reaches precision {self.target_precision:.2f}; nothing stored")
+            lines.append(f"no threshold reaches precision {self.target_precision:.2f} with "
+                         f"{self.min_oos_handoff:.0%} of out-of-scope questions handed off; nothing stored")
         else:
             oos = "-" if self.oos_handoff_rate is None else f"{self.oos_handoff_rate:.3f}"
             lines.append(f"chosen threshold_{self.score_kind} = {self.threshold:.4f}: precision "
@@ -108,8 +110,11 @@ def sweep(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray) -> list
 
 
 def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
-              target: float = 0.90, store: bool = True) -> Calibration:
+              target: float = 0.90, min_oos_handoff: float = 0.80, store: bool = True) -> Calibration:
     """Choose and (by default) store ``kb``'s threshold for the score kind its query path decides with.
+
+    The threshold is the lowest (highest coverage) at which answered-precision reaches ``target`` and,
+    when the questions include out-of-scope ones, at least ``min_oos_handoff`` of those are handed off.
 
     Raises:
         BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
@@ -117,8 +122,9 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     """
     if not queries:
         raise BadInputError("no queries to calibrate with")
-    if not 0 < target <= 1:
-        raise BadInputError(f"target precision must be in (0, 1], got {target}")
+    if not 0 < target <= 1 or not 0 <= min_oos_handoff <= 1:
+        raise BadInputError(f"target precision must be in (0, 1] and min_oos_handoff in [0, 1], "
+                            f"got {target}, {min_oos_handoff}")
     engine = QueryEngine(settings, embedder, reranker)
     engine.load(kb)
     qvecs = np.concatenate([embedder.embed_queries([q.query for q in queries[i : i + settings.embed_batch_size]])
@@ -134,10 +140,11 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     correct = np.array([bool(q.gold) and bool(a.hits) and bool({a.hits[0].entry.id, *a.hits[0].entry.merged_ids}
                                                                & set(q.gold)) for q, a in zip(queries, answers)])
     curve = sweep(scores, correct, in_scope)
-    ok = [p for p in curve if p.answered_precision >= target]
+    ok = [p for p in curve if p.answered_precision >= target
+          and (p.oos_handoff_rate is None or p.oos_handoff_rate >= min_oos_handoff)]
     best = min(ok, key=lambda p: p.threshold) if ok else None
     result = Calibration(
-        kb=kb, score_kind=kind, target_precision=target,
+        kb=kb, score_kind=kind, target_precision=target, min_oos_handoff=min_oos_handoff,
         threshold=best.threshold if best else None,
         answered_precision=best.answered_precision if best else None,
         coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
@@ -148,7 +155,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     if store and best is not None:
         write_thresholds(settings.kb_dir(kb), {kind: {
             "threshold": best.threshold, "model_id": result.model_id, "reranker": result.reranker,
-            "first_stage": result.first_stage, "target_precision": target,
+            "first_stage": result.first_stage, "target_precision": target, "min_oos_handoff": min_oos_handoff,
             "answered_precision": best.answered_precision, "coverage": best.coverage,
             "oos_handoff_rate": best.oos_handoff_rate, "queries": len(queries), "date": result.date,
         }})
