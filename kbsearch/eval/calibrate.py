@@ -20,7 +20,7 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
-from kbsearch.eval.run import EvalQuery
+from kbsearch.eval.run import EvalQuery, embed_questions
 from kbsearch.index.store import write_thresholds
 from kbsearch.rerank.base import Reranker
 from kbsearch.service.query import QueryEngine
@@ -127,8 +127,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
                             f"got {target}, {min_oos_handoff}")
     engine = QueryEngine(settings, embedder, reranker)
     engine.load(kb)
-    qvecs = np.concatenate([embedder.embed_queries([q.query for q in queries[i : i + settings.embed_batch_size]])
-                            for i in range(0, len(queries), settings.embed_batch_size)])
+    qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
     answers = [engine.ask(q.query, kb=kb, top_k=1, query_vector=v) for q, v in zip(queries, qvecs)]
     engine.close()
     kinds = {a.mode for a in answers if a.hits}

@@ -129,6 +129,12 @@ class EvalReport:
         return "\n".join(lines)
 
 
+def embed_questions(embedder: Embedder, queries: list[EvalQuery], batch_size: int) -> np.ndarray:
+    """All questions' embeddings, in batches: computed once and passed to every ``ask`` call."""
+    return np.concatenate([embedder.embed_queries([q.query for q in queries[i : i + batch_size]])
+                           for i in range(0, len(queries), batch_size)])
+
+
 def _ids(hit: Hit) -> set[str]:
     """A hit answers for its own id and every id dedupe merged into it."""
     return {hit.entry.id, *hit.entry.merged_ids}
@@ -205,8 +211,7 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
     if reranker.enabled:
         reranker.load()
     te = time.perf_counter()
-    qvecs = np.concatenate([embedder.embed_queries([q.query for q in queries[i : i + settings.embed_batch_size]])
-                            for i in range(0, len(queries), settings.embed_batch_size)])
+    qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
     embed_ms = (time.perf_counter() - te) * 1000 / len(queries)
     rerankers: list[tuple[str, Reranker]] = [("none", NoReranker())]
     if reranker.enabled:
