@@ -20,7 +20,7 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
-from kbsearch.eval.run import EvalQuery, embed_questions
+from kbsearch.eval.run import EvalQuery, embed_questions, hit_ids
 from kbsearch.index.store import write_thresholds
 from kbsearch.rerank.base import Reranker
 from kbsearch.service.query import QueryEngine
@@ -136,8 +136,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     kind = kinds.pop()
     scores = np.array([a.hits[0].score if a.hits else -np.inf for a in answers], dtype=np.float64)
     in_scope = np.array([bool(q.gold) for q in queries])
-    correct = np.array([bool(q.gold) and bool(a.hits) and bool({a.hits[0].entry.id, *a.hits[0].entry.merged_ids}
-                                                               & set(q.gold)) for q, a in zip(queries, answers)])
+    correct = np.array([bool(a.hits) and bool(hit_ids(a.hits[0]) & set(q.gold)) for q, a in zip(queries, answers)])
     curve = sweep(scores, correct, in_scope)
     ok = [p for p in curve if p.answered_precision >= target
           and (p.oos_handoff_rate is None or p.oos_handoff_rate >= min_oos_handoff)]

@@ -135,7 +135,7 @@ def embed_questions(embedder: Embedder, queries: list[EvalQuery], batch_size: in
                            for i in range(0, len(queries), batch_size)])
 
 
-def _ids(hit: Hit) -> set[str]:
+def hit_ids(hit: Hit) -> set[str]:
     """A hit answers for its own id and every id dedupe merged into it."""
     return {hit.entry.id, *hit.entry.merged_ids}
 
@@ -162,7 +162,7 @@ def score_answers(name: str, first_stage: str, reranker: str, queries: list[Eval
     answered = correct_answered = 0
     for q, a in inscope:
         gold = set(q.gold)
-        ranks = [i for i, h in enumerate(a.hits[:10], start=1) if _ids(h) & gold]
+        ranks = [i for i, h in enumerate(a.hits[:10], start=1) if hit_ids(h) & gold]
         first = ranks[0] if ranks else None
         top1 += first == 1
         r3 += first is not None and first <= 3
