@@ -165,13 +165,24 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     kb = args.kb or settings.default_kb
     queries = load_queries(Path(args.queries), limit=args.limit)
     result = calibrate(settings, kb, queries, make_embedder(settings), make_reranker(settings),
-                       target=args.target, min_oos_handoff=args.min_oos_handoff, store=not args.dry_run)
+                       target=args.target, min_oos_handoff=args.min_oos_handoff,
+                       margins=_floats(args.margins, "--margins"), store=not args.dry_run)
     print(result.render())
     if result.threshold is not None and not args.dry_run:
         print(f"stored in {settings.kb_dir(kb) / 'thresholds.json'}; /ask on {kb!r} uses it from the next question")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
     return 0 if result.threshold is not None else 5
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise BadInputError(f"{option} takes comma-separated numbers, got {text!r}") from exc
+    if not values or any(v < 0 for v in values):
+        raise BadInputError(f"{option} takes non-negative numbers, got {text!r}")
+    return values
 
 
 def _only_queries_file(bench: Path) -> Path:
@@ -233,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--target", type=float, default=0.90, help="answered-precision to reach (default 0.90)")
     s.add_argument("--min-oos-handoff", type=float, default=0.80,
                    help="share of out-of-scope questions that must be handed off, when there are any (default 0.80)")
+    s.add_argument("--margins", default="0",
+                   help="top-1/top-2 margins to try as an extra hand-off rule, e.g. 0,0.01,0.02 (default 0: none)")
     s.add_argument("--limit", type=int, default=0, help="only the first N questions")
     s.add_argument("--dry-run", action="store_true", help="print the curve without storing the threshold")
     s.add_argument("--json", help="also write the curve and decision as JSON to this file")

@@ -93,3 +93,36 @@ def test_min_oos_handoff_raises_the_threshold(bench, tmp_path, monkeypatch, caps
     strict = json.loads((tmp_path / "strict.json").read_text())
     assert strict["oos_handoff_rate"] == 1.0 and strict["threshold"] > loose["threshold"]
     assert strict["coverage"] <= loose["coverage"]
+
+
+def test_calibrated_margin_hands_off_ambiguous_questions(bench, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    engine = QueryEngine(Settings(), HashEmbedder(dim=64), NoReranker())
+    engine.load("shop")
+    base = engine.ask("怎么申请退货", kb="shop", top_k=2)
+    gap = base.hits[0].score - base.hits[1].score
+    write_thresholds(tmp_path / "home" / "shop", {"vector": {
+        "threshold": 0.0, "margin": gap + 0.01, "model_id": "kbsearch/hash-ngram-v1", "reranker": "none",
+        "first_stage": "vector"}})
+    a = engine.ask("怎么申请退货", kb="shop", top_k=1, explain=True)
+    assert not a.answered and a.handoff.reason.startswith("ambiguous")
+    assert a.explain["decision"]["margin"] == pytest.approx(gap + 0.01)
+    write_thresholds(tmp_path / "home" / "shop", {"vector": {
+        "threshold": 0.0, "margin": max(gap - 0.01, 0.001), "model_id": "kbsearch/hash-ngram-v1",
+        "reranker": "none", "first_stage": "vector"}})
+    assert engine.ask("怎么申请退货", kb="shop", top_k=1).answered
+
+
+def test_calibrate_tries_margins(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"), "--target", "1.0",
+                 "--margins", "0,0.001", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["margin"] in (0.0, 0.001) and result["answered_precision"] == 1.0
+    assert read_thresholds(tmp_path / "home" / "shop")["vector"]["margin"] == result["margin"]
+    assert main(["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"), "--margins", "x"]) == 2

@@ -44,6 +44,7 @@ class Calibration:
     score_kind: str
     target_precision: float
     min_oos_handoff: float
+    margin: float
     threshold: float | None
     answered_precision: float | None
     coverage: float | None
@@ -71,7 +72,8 @@ class Calibration:
                          f"{self.min_oos_handoff:.0%} of out-of-scope questions handed off; nothing stored")
         else:
             oos = "-" if self.oos_handoff_rate is None else f"{self.oos_handoff_rate:.3f}"
-            lines.append(f"chosen threshold_{self.score_kind} = {self.threshold:.4f}: precision "
+            rule = f" with top-1/top-2 margin {self.margin:.3f}" if self.margin else ""
+            lines.append(f"chosen threshold_{self.score_kind} = {self.threshold:.4f}{rule}: precision "
                          f"{self.answered_precision:.3f}, coverage {self.coverage:.3f}, OOS handed off {oos}")
         return "\n".join(lines)
 
@@ -110,11 +112,14 @@ def sweep(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray) -> list
 
 
 def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
-              target: float = 0.90, min_oos_handoff: float = 0.80, store: bool = True) -> Calibration:
+              target: float = 0.90, min_oos_handoff: float = 0.80, margins: tuple[float, ...] = (0.0,),
+              store: bool = True) -> Calibration:
     """Choose and (by default) store ``kb``'s threshold for the score kind its query path decides with.
 
     The threshold is the lowest (highest coverage) at which answered-precision reaches ``target`` and,
     when the questions include out-of-scope ones, at least ``min_oos_handoff`` of those are handed off.
+    With several ``margins``, each is tried as a top-1/top-2 margin rule (hand off when the best two
+    FAQs score closer than the margin) and the pair with the highest coverage wins.
 
     Raises:
         BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
@@ -128,7 +133,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     engine = QueryEngine(settings, embedder, reranker)
     engine.load(kb)
     qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
-    answers = [engine.ask(q.query, kb=kb, top_k=1, query_vector=v) for q, v in zip(queries, qvecs)]
+    answers = [engine.ask(q.query, kb=kb, top_k=2, query_vector=v) for q, v in zip(queries, qvecs)]
     engine.close()
     kinds = {a.mode for a in answers if a.hits}
     if len(kinds) != 1:
@@ -137,12 +142,21 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     scores = np.array([a.hits[0].score if a.hits else -np.inf for a in answers], dtype=np.float64)
     in_scope = np.array([bool(q.gold) for q in queries])
     correct = np.array([bool(a.hits) and bool(hit_ids(a.hits[0]) & set(q.gold)) for q, a in zip(queries, answers)])
-    curve = sweep(scores, correct, in_scope)
-    ok = [p for p in curve if p.answered_precision >= target
-          and (p.oos_handoff_rate is None or p.oos_handoff_rate >= min_oos_handoff)]
-    best = min(ok, key=lambda p: p.threshold) if ok else None
+    gaps = np.array([a.hits[0].score - a.hits[1].score if len(a.hits) > 1 else np.inf for a in answers])
+    best: CurvePoint | None = None
+    margin, curve = 0.0, []
+    for m in sorted(set(margins)):
+        # A question whose best two FAQs are closer than the margin is never answered.
+        m_scores = np.where(gaps >= m, scores, -np.inf) if m > 0 else scores
+        m_curve = [p for p in sweep(m_scores, correct, in_scope)
+                   if np.isfinite(p.threshold)]
+        ok = [p for p in m_curve if p.answered_precision >= target
+              and (p.oos_handoff_rate is None or p.oos_handoff_rate >= min_oos_handoff)]
+        cand = min(ok, key=lambda p: p.threshold) if ok else None
+        if not curve or (cand is not None and (best is None or cand.coverage > best.coverage)):
+            best, margin, curve = cand, m, m_curve
     result = Calibration(
-        kb=kb, score_kind=kind, target_precision=target, min_oos_handoff=min_oos_handoff,
+        kb=kb, score_kind=kind, target_precision=target, min_oos_handoff=min_oos_handoff, margin=margin,
         threshold=best.threshold if best else None,
         answered_precision=best.answered_precision if best else None,
         coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
@@ -152,7 +166,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     )
     if store and best is not None:
         write_thresholds(settings.kb_dir(kb), {kind: {
-            "threshold": best.threshold, "model_id": result.model_id, "reranker": result.reranker,
+            "threshold": best.threshold, "margin": margin, "model_id": result.model_id, "reranker": result.reranker,
             "first_stage": result.first_stage, "target_precision": target, "min_oos_handoff": min_oos_handoff,
             "answered_precision": best.answered_precision, "coverage": best.coverage,
             "oos_handoff_rate": best.oos_handoff_rate, "queries": len(queries), "date": result.date,

@@ -396,8 +396,8 @@ class QueryEngine:
         cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
 
     # ---------------------------------------------------------------- results
-    def _threshold(self, mode: Mode, kb: str) -> tuple[float, str]:
-        """The threshold for ``mode``'s score kind and where it comes from.
+    def _threshold(self, mode: Mode, kb: str) -> tuple[float, float, str]:
+        """The threshold and top-1/top-2 margin for ``mode``'s score kind, and where they come from.
 
         A KB's calibrated threshold (``kbsearch calibrate``) wins over the global setting when it was
         measured with the model, reranker and first stage now serving; otherwise the setting applies.
@@ -406,12 +406,12 @@ class QueryEngine:
                    "bm25": self.settings.threshold_bm25}[mode]
         cal = self._calibrated(kb).get(mode)
         if cal is None:
-            return setting, "setting"
+            return setting, 0.0, "setting"
         serving = {"model_id": self.embedder.model_id, "first_stage": self.settings.first_stage,
                    "reranker": self.reranker.model_id if self.reranker.enabled else "none"}
         if any(cal.get(k) != v for k, v in serving.items()):
-            return setting, "setting (calibration was for another configuration)"
-        return float(cal["threshold"]), f"calibrated {cal.get('date', '')}"
+            return setting, 0.0, "setting (calibration was for another configuration)"
+        return float(cal["threshold"]), float(cal.get("margin") or 0.0), f"calibrated {cal.get('date', '')}"
 
     def _calibrated(self, kb: str) -> dict[str, dict[str, Any]]:
         """The KB's thresholds file, re-read when it changes (one stat per question)."""
@@ -435,7 +435,8 @@ class QueryEngine:
                 scores=Scores(vector=c.vector, bm25=c.bm25, rerank=c.rerank), matched=c.row)
             for c in cands[:top_k]
         )
-        threshold, source = self._threshold(mode, build.path.parent.parent.name)
+        threshold, margin, source = self._threshold(mode, build.path.parent.parent.name)
+        gap = (getattr(cands[0], kind) or 0.0) - (getattr(cands[1], kind) or 0.0) if len(cands) > 1 else None
         handoff = None
         if not hits:
             handoff = handoff_for(question, "no-match: no candidate FAQ", self.settings)
@@ -443,9 +444,13 @@ class QueryEngine:
             handoff = handoff_for(
                 question, f"below-threshold: {mode} score {hits[0].score:.3f} < threshold_{mode} {threshold:.3f}",
                 self.settings)
+        elif margin > 0 and gap is not None and gap < margin:
+            handoff = handoff_for(
+                question, f"ambiguous: top-1/top-2 {mode} margin {gap:.3f} < calibrated margin {margin:.3f}",
+                self.settings)
         if trace is not None:
             trace["decision"] = {"score_kind": mode, "score": hits[0].score if hits else None,
-                                 "threshold": threshold, "threshold_source": source,
+                                 "threshold": threshold, "margin": margin, "threshold_source": source,
                                  "rule": handoff.reason if handoff else "answered"}
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Answer(answered=handoff is None, hits=hits, handoff=handoff, mode=mode, degraded=degraded,
