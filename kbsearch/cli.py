@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from kbsearch.config import Settings
+from kbsearch.config import FIRST_STAGES, Settings
 from kbsearch.errors import BadInputError, KbsearchError
 
 
@@ -125,9 +125,9 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.rerank import make_reranker
 
     stages = tuple(s.strip() for s in args.first_stages.split(",") if s.strip())
-    bad = [s for s in stages if s not in ("bm25", "vector", "hybrid")]
+    bad = [s for s in stages if s not in FIRST_STAGES]
     if bad or not stages:
-        raise BadInputError(f"--first-stages takes bm25, vector, hybrid; got {args.first_stages!r}")
+        raise BadInputError(f"--first-stages takes {', '.join(FIRST_STAGES)}; got {args.first_stages!r}")
     embedder, reranker = make_embedder(settings), make_reranker(settings)
     with tempfile.TemporaryDirectory(prefix="kbsearch-eval-") as tmp:
         ingest = None
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", nargs="?", help="benchmark folder (kb.jsonl + queries_*.jsonl), ingested into a temp KB")
     s.add_argument("--queries", help="queries file (in the folder, or a path with --kb)")
     s.add_argument("--kb", help="evaluate an already-ingested knowledge base instead of a benchmark folder")
-    s.add_argument("--first-stages", default="bm25,vector,hybrid", help="configurations to compare")
+    s.add_argument("--first-stages", default=",".join(FIRST_STAGES), help="configurations to compare")
     s.add_argument("--limit", type=int, default=0, help="only the first N queries")
     s.add_argument("--json", help="also write the figures as JSON to this file")
     s.set_defaults(func=cmd_eval)

@@ -38,6 +38,9 @@ def _config_file() -> Path | None:
     return Path(path) if path else None
 
 
+#: First stages in the order eval reports them (the default, fused, last).
+FIRST_STAGES = ("bm25", "vector", "hybrid", "fused")
+
 class Settings(BaseSettings):
     """Every tunable of the service, ingest and models. Each field documents its unit and effect."""
 
@@ -89,10 +92,30 @@ class Settings(BaseSettings):
     rerank_max_length: int = Field(512, ge=16, le=32768)
 
     # --- query path ----------------------------------------------------------------------------
-    first_stage: Literal["vector", "bm25", "hybrid"] = Field(
-        "vector",
-        description="Candidate generation: vector (FAISS), bm25, or hybrid (reciprocal-rank fusion of both; "
-        "the vector cosine of the top FAQ still decides against threshold_vector when no reranker runs).",
+    first_stage: Literal["fused", "vector", "bm25", "hybrid"] = Field(
+        "fused",
+        description="Candidate generation and ranking: fused (default: vector and BM25 candidates, each FAQ "
+        "scored from all its rows as question side + fused_answer_weight * answer side + fused_bm25_weight * "
+        "BM25), vector (FAISS, best row per FAQ), bm25, or hybrid (reciprocal-rank fusion of both lists). "
+        "Whatever ranks, the vector cosine of the top FAQ decides against threshold_vector when no reranker runs.",
+    )
+    vector_fields: Literal["both", "question", "answer"] = Field(
+        "both",
+        description="Rows the plain vector ranking may match: question and variant rows, answer chunks, or both.",
+    )
+    fused_answer_weight: float = Field(
+        0.35, ge=0.0, le=10.0, description="fused: weight of the best answer-chunk cosine (docs/quality.md)."
+    )
+    fused_bm25_weight: float = Field(
+        0.1, ge=0.0, le=10.0, description="fused: weight of the FAQ's best normalised BM25 score."
+    )
+    fused_variant_k: int = Field(
+        5, ge=1, le=100, description="fused: the question side averages the best k question/variant cosines..."
+    )
+    fused_variant_weight: float = Field(
+        1.0, ge=0.0, le=10.0,
+        description="...with this weight against the best one: (best + w * mean_top_k) / (1 + w). "
+        "An FAQ with one phrasing scores its question cosine.",
     )
     rrf_k: int = Field(60, ge=1, le=10000, description="Reciprocal-rank fusion constant k in 1/(k + rank).")
     rrf_bm25_weight: float = Field(

@@ -97,6 +97,6 @@ def test_defaults_come_from_settings(tmp_path):
 
 def test_explain_over_http(client):
     body = client.post("/ask", json={"question": "如何申请退货？", "explain": True}).json()
-    assert body["explain"]["first_stage"] == "vector" and body["explain"]["decision"]["rule"] == "answered"
-    assert body["explain"]["vector"][0]["id"] == "ret-1"
+    assert body["explain"]["first_stage"] == "fused" and body["explain"]["decision"]["rule"] == "answered"
+    assert body["explain"]["vector"][0]["id"] == "ret-1" and body["explain"]["fused"][0]["id"] == "ret-1"
     assert client.post("/ask", json={"question": "如何申请退货？"}).json()["explain"] is None

@@ -55,7 +55,7 @@ def test_calibration_for_another_model_is_ignored(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     write_thresholds(tmp_path / "home" / "shop", {"vector": {"threshold": 0.99, "model_id": "other-model",
-                                                             "reranker": "none", "first_stage": "vector"}})
+                                                             "reranker": "none", "first_stage": "fused"}})
     settings = Settings(threshold_vector=0.1)
     engine = QueryEngine(settings, HashEmbedder(dim=64), NoReranker())
     engine.load("shop")
@@ -105,13 +105,13 @@ def test_calibrated_margin_hands_off_ambiguous_questions(bench, tmp_path, monkey
     gap = base.hits[0].score - base.hits[1].score
     write_thresholds(tmp_path / "home" / "shop", {"vector": {
         "threshold": 0.0, "margin": gap + 0.01, "model_id": "kbsearch/hash-ngram-v1", "reranker": "none",
-        "first_stage": "vector"}})
+        "first_stage": "fused"}})
     a = engine.ask("怎么申请退货", kb="shop", top_k=1, explain=True)
     assert not a.answered and a.handoff.reason.startswith("ambiguous")
     assert a.explain["decision"]["margin"] == pytest.approx(gap + 0.01)
     write_thresholds(tmp_path / "home" / "shop", {"vector": {
         "threshold": 0.0, "margin": max(gap - 0.01, 0.001), "model_id": "kbsearch/hash-ngram-v1",
-        "reranker": "none", "first_stage": "vector"}})
+        "reranker": "none", "first_stage": "fused"}})
     assert engine.ask("怎么申请退货", kb="shop", top_k=1).answered
 
 

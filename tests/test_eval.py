@@ -68,7 +68,7 @@ def test_eval_cli_on_a_benchmark_folder(bench, tmp_path, monkeypatch, capsys):
     assert "bm25" in table and "hybrid" in table and "vector" in table
     figures = json.loads(out.read_text(encoding="utf-8"))
     by_name = {r["name"]: r for r in figures["results"]}
-    assert set(by_name) == {"bm25", "vector", "hybrid"}
+    assert set(by_name) == {"bm25", "vector", "hybrid", "fused"}
     assert by_name["vector"]["in_scope"] == 4 and by_name["vector"]["out_of_scope"] == 1
     assert by_name["vector"]["top1"] == 1.0 and by_name["bm25"]["top1"] == 1.0
     assert by_name["vector"]["oos_handoff_rate"] == 1.0

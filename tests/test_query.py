@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import numpy as np
 import pytest
 
 from kbsearch.config import Settings
@@ -271,6 +272,53 @@ def test_hybrid_fuses_by_reciprocal_rank(settings, built):
         sims = b.vectors.similarity(q, b.faq_rows[h.entry.id])
         assert h.scores.vector == pytest.approx(float(sims.max()), abs=1e-5)
     assert a.mode == "vector" and trace["decision"]["score_kind"] == "vector"
+
+
+def test_fused_ranks_by_the_linear_fusion_of_all_rows(settings, built):
+    """The default first stage: each FAQ's fused score recomputed here from its rows must match."""
+    s = settings.model_copy(update={"first_stage": "fused", "fused_answer_weight": 0.35, "fused_bm25_weight": 0.1,
+                                    "fused_variant_k": 5, "fused_variant_weight": 1.0})
+    assert Settings().first_stage == "fused"  # the default
+    eng = engine(s)
+    question = "退货 shipping"
+    a = eng.ask(question, top_k=4, explain=True)
+    b = eng.build("default")
+    q = eng.embedder.embed_queries([question])[0]
+    fused = a.explain["fused"]
+    assert fused and [r["id"] for r in fused] == list(a.candidates)
+    assert [r["score"] for r in fused] == sorted((r["score"] for r in fused), reverse=True)
+    for r in fused:
+        rows = b.faq_rows[r["id"]]
+        cos = b.vectors.similarity(q, rows)
+        bm = b.bm25.normalised_scores_for(question, rows)
+        chunk = np.array([b.rows[i].kind == "chunk" for i in rows])
+        q_side = np.sort(cos[~chunk])[::-1]
+        expected = ((q_side[0] + q_side[:5].mean()) / 2 + 0.35 * cos[chunk].max() + 0.1 * bm.max())
+        assert r["score"] == pytest.approx(float(expected), abs=1e-5)
+        assert r["vector"] == pytest.approx(float(cos.max()), abs=1e-5)  # the deciding score stays the cosine
+    # BM25-only finds are part of the candidate set too.
+    assert {r["id"] for r in a.explain["bm25"]} <= {r["id"] for r in fused}
+    assert a.mode == "vector" and a.explain["decision"]["score_kind"] == "vector"
+
+
+def test_fused_with_zero_weights_ranks_like_the_question_rows(settings, built):
+    s = settings.model_copy(update={"first_stage": "fused", "fused_answer_weight": 0.0, "fused_bm25_weight": 0.0,
+                                    "fused_variant_weight": 0.0})
+    eng = engine(s)
+    b = eng.build("default")
+    q = eng.embedder.embed_queries(["When will my parcel arrive"])[0]
+    a = eng.ask("When will my parcel arrive", top_k=4, explain=True)
+    for r in a.explain["fused"]:
+        rows = [i for i in b.faq_rows[r["id"]] if b.rows[i].kind != "chunk"]
+        assert r["score"] == pytest.approx(float(b.vectors.similarity(q, rows).max()), abs=1e-5)
+
+
+@pytest.mark.parametrize(("fields", "kinds"), [("question", {"question", "variant"}), ("answer", {"chunk"})])
+def test_vector_fields_limits_the_rows_matched(settings, built, fields, kinds):
+    eng = engine(settings.model_copy(update={"first_stage": "vector", "vector_fields": fields}))
+    for question in ("如何申请退货？", "Standard shipping takes 3-5 working days", "云杉钱包"):
+        a = eng.ask(question, top_k=4, explain=True)
+        assert a.explain["vector"] and {r["matched"] for r in a.explain["vector"]} <= kinds
 
 
 def test_explain_names_the_rule(settings, built):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from kbsearch.config import Settings
+from kbsearch.config import FIRST_STAGES, Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.rerank.base import Reranker
@@ -191,7 +191,7 @@ def score_answers(name: str, first_stage: str, reranker: str, queries: list[Eval
 
 
 def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
-             dataset: str = "", queries_file: str = "", first_stages: tuple[str, ...] = ("bm25", "vector", "hybrid"),
+             dataset: str = "", queries_file: str = "", first_stages: tuple[str, ...] = FIRST_STAGES,
              ingest: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate ``queries`` against ``kb`` under every configuration, in one run.
 
@@ -232,7 +232,7 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
             if progress:
                 progress(f"{name}: top1 {results[-1].top1:.3f}")
     snapshot = {k: v for k, v in settings.model_dump(mode="json").items()
-                if k.startswith(("embed", "rerank", "threshold", "vector", "bm25", "rrf", "question_rows", "dedupe"))}
+                if k.startswith(("embed", "rerank", "threshold", "vector", "bm25", "rrf", "fused", "question_rows", "dedupe"))}
     return EvalReport(dataset=dataset, queries_file=queries_file, settings=snapshot, results=results,
                       embed_ms_per_query=round(embed_ms, 2),
                       machine=f"{platform.machine()} {_cpu_count()} CPU, {platform.python_implementation()} "

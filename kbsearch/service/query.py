@@ -1,7 +1,8 @@
 """The one query function the API and the CLI share, with its fallback chain.
 
 Normal path: embed the question -> FAISS top ``vector_top_k`` rows -> group rows to FAQs (max) -> drop
-entries that are not valid today -> rerank the best ``rerank_top_k`` FAQs (unless the reranker is
+entries that are not valid today -> (``first_stage=fused``, the default: add BM25's FAQs and rank every
+candidate by a linear fusion of its question, answer and BM25 scores, see ``_linear``) -> rerank the best ``rerank_top_k`` FAQs (unless the reranker is
 ``none``) -> top ``top_k`` -> compare the deciding score with *its own* threshold -> answer or hand off.
 
 Fallbacks: if embedding or vector search fails (exception, timeout, missing or corrupt index), BM25
@@ -242,7 +243,7 @@ class QueryEngine:
         # 1. first stage: vector and/or BM25 candidates, one per FAQ
         vec: list[_Candidate] | None = None
         qvec: np.ndarray | None = None
-        if stage in ("vector", "hybrid"):
+        if stage != "bm25":
             try:
                 vec, qvec = self._vector(question, build, today, timings, query_vector)
             except KbsearchError as exc:
@@ -250,7 +251,7 @@ class QueryEngine:
                 notes.append(f"vector path failed, BM25 used: {exc}")
                 log.warning("vector path failed for %r: %s", kb, exc)
         lex: list[_Candidate] | None = None
-        if stage == "bm25" or vec is None or stage == "hybrid":
+        if stage != "vector" or vec is None:
             lex = self._lexical(question, build, today, timings)
         if vec is None and lex is None:
             reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
@@ -265,6 +266,11 @@ class QueryEngine:
             if trace is not None:
                 trace["fused"] = [{"id": c.entry.id, "score": c.fused} for c in cands]
             mode: Mode = "vector"
+        elif vec is not None and qvec is not None and stage == "fused":
+            cands, mode = self._linear(question, vec, lex or [], build, qvec, timings), "vector"
+            if trace is not None:
+                trace["fused"] = [{"id": c.entry.id, "score": c.fused, "vector": c.vector, "bm25": c.bm25}
+                                  for c in cands]
         elif vec is not None:
             cands, mode = vec, "vector"
         else:
@@ -315,7 +321,11 @@ class QueryEngine:
             raise _VectorFailure(f"{type(exc).__name__}: {exc}") from exc
         finally:
             timings["vector"] = (time.perf_counter() - t) * 1000
-        return _group(rows[0], scores[0], build, today, "vector"), q[0]
+        found = rows[0]
+        if self.settings.vector_fields != "both":
+            want_chunk = self.settings.vector_fields == "answer"
+            found = np.array([r if r >= 0 and (build.rows[r].kind == "chunk") == want_chunk else -1 for r in found])
+        return _group(found, scores[0], build, today, "vector"), q[0]
 
     def _lexical(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate] | None:
         """BM25 candidates, or None when BM25 is unavailable or fails."""
@@ -358,6 +368,52 @@ class QueryEngine:
                 best = int(np.argmax(sims))
                 m.vector = float(sims[best])
         return sorted(merged.values(), key=lambda c: (-(c.fused or 0.0), -(c.vector or 0.0)))
+
+    def _linear(self, question: str, vec: list[_Candidate], lex: list[_Candidate], build: Build,
+                qvec: np.ndarray, timings: dict[str, float]) -> list[_Candidate]:
+        """Linear score fusion over every row of each candidate FAQ (vector or BM25 candidates).
+
+        ``fused = question side + fused_answer_weight * answer side + fused_bm25_weight * BM25``, where the
+        question side is ``(best + w * mean of the best k)`` over the FAQ's question and variant cosines
+        divided by ``1 + w``, the answer side is the best answer-chunk cosine (the question side when the
+        FAQ has no chunk), and BM25 is the FAQ's best normalised row score. Each candidate's ``vector``
+        score stays its best row cosine, so ``threshold_vector`` keeps its meaning.
+        """
+        s = self.settings
+        merged = {c.entry.id: c for c in vec}
+        for c in lex:
+            merged.setdefault(c.entry.id, _Candidate(entry=c.entry, row=c.row))
+        cands = list(merged.values())
+        spans = [build.faq_rows.get(c.entry.id, []) for c in cands]
+        rows = [r for span in spans for r in span]
+        t = time.perf_counter()
+        sims = build.vectors.similarity(qvec, rows) if build.vectors is not None else np.zeros(len(rows))
+        bm: np.ndarray | None = None
+        if build.bm25 is not None and s.fused_bm25_weight > 0:
+            try:
+                bm = build.bm25.normalised_scores_for(question, rows)
+            except Exception:  # rank-bm25 internals: rank on the vector sides alone
+                log.exception("BM25 scoring for the fused ranking failed")
+        timings["fuse"] = (time.perf_counter() - t) * 1000
+        is_chunk = np.array([build.rows[r].kind == "chunk" for r in rows], dtype=bool)
+        start = 0
+        for c, span in zip(cands, spans):
+            part = slice(start, start + len(span))
+            start += len(span)
+            if not span:
+                c.fused = -np.inf
+                continue
+            cos, chunk = sims[part], is_chunk[part]
+            best = int(np.argmax(cos))
+            c.vector, c.row = float(cos[best]), build.rows[span[best]]
+            q_side = np.sort(cos[~chunk])[::-1] if (~chunk).any() else np.sort(cos)[::-1]
+            q_score = (q_side[0] + s.fused_variant_weight * q_side[: s.fused_variant_k].mean()) / (
+                1 + s.fused_variant_weight)
+            a_score = cos[chunk].max() if chunk.any() else q_side[0]
+            if bm is not None:
+                c.bm25 = float(bm[part].max())
+            c.fused = float(q_score + s.fused_answer_weight * a_score + s.fused_bm25_weight * (c.bm25 or 0.0))
+        return sorted(cands, key=lambda c: (-(c.fused or 0.0), -(c.vector or 0.0)))
 
     @staticmethod
     def _attach_bm25(question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
