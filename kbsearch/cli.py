@@ -100,6 +100,42 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    """Judge whether two texts mean the same with the configured pair model (as POST /similarity)."""
+    from kbsearch.service.similarity import PairJudge
+
+    judge = PairJudge(settings)
+    judge.load()
+    similar, score = judge.judge(args.a, args.b)
+    if args.json:
+        print(json.dumps({"similar": similar, "score": score, "threshold": judge.threshold, "model": judge.model_id}))
+    else:
+        print(f"{'similar' if similar else 'not similar'} (P = {score:.3f}, threshold {judge.threshold})")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
+    """Train a pair model from labelled pairs and/or a KB's variants; write a cross-encoder folder."""
+    from kbsearch.finetune import Recipe, collect_pairs, default_base, finetune
+
+    recipe = Recipe(base=args.base or default_base(settings), method=args.method, max_length=args.max_length,
+                    lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                    device=args.device or settings.device, max_train_pairs=args.max_train_pairs,
+                    early_stop_patience=args.patience)
+    if args.lora_r:
+        recipe.lora_r = args.lora_r
+    recipe.check()
+    train, dev, recipe.data = collect_pairs(settings, [Path(p) for p in args.pairs or []],
+                                            Path(args.dev) if args.dev else None, args.dev_share, args.kb,
+                                            args.negatives, args.seed)
+    print(f"training on {len(train)} pairs, dev {len(dev)} pairs, base {recipe.base}", file=sys.stderr)
+    result = finetune(recipe, train, dev, Path(args.out), log_line=lambda line: print(line, file=sys.stderr))
+    b = result.best
+    print(f"wrote {result.out} ({result.method}, best epoch {result.best_epoch} of {result.epochs_run}, "
+          f"{result.seconds:.0f} s): dev accuracy {b.accuracy:.4f}, F1 {b.f1:.4f}, macro F1 {b.macro_f1:.4f}")
+    return 0
+
+
 def render_explain(trace: dict) -> str:
     """Hit-testing as text: each stage's top candidates with scores, then the deciding rule."""
     lines = [f"\nfirst stage: {trace.get('first_stage', '-')}"]
@@ -264,6 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the API's JSON response")
     s.add_argument("--explain", action="store_true", help="show every stage's candidates and the deciding rule")
     s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("similar", help="do two texts mean the same? (the pair model, as POST /similarity)")
+    s.add_argument("a")
+    s.add_argument("b")
+    s.add_argument("--json", action="store_true", help="print the API's JSON response")
+    s.set_defaults(func=cmd_similar)
+
+    s = sub.add_parser("finetune", help="train a pair model (cross-encoder) for reranking and /similarity")
+    s.add_argument("--pairs", action="append", help="labelled pairs: .jsonl/.csv with a,b,label "
+                   "(AFQMC's sentence1,sentence2,label as is); repeatable")
+    s.add_argument("--kb", help="also train on this KB's variants, with first-stage hard negatives")
+    s.add_argument("--negatives", type=int, default=3, help="hard negatives per variant (default 3)")
+    s.add_argument("--dev", help="dev pairs file (default: a seeded hold-out of the training pairs)")
+    s.add_argument("--dev-share", type=float, default=0.1, help="hold-out share without --dev (default 0.1)")
+    s.add_argument("--out", required=True, help="output model folder (must not exist or be empty)")
+    s.add_argument("--base", help="base model folder or hub id (default: the bundled e5-small)")
+    s.add_argument("--method", choices=("auto", "lora", "full"), default="auto",
+                   help="LoRA (peft) or full fine-tuning; auto = LoRA above 300M parameters")
+    s.add_argument("--lora-r", type=int, default=0, help="LoRA rank (default 8)")
+    s.add_argument("--max-length", type=int, default=64)
+    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--patience", type=int, default=3, help="early stop after this many epochs without dev F1 gain")
+    s.add_argument("--max-train-pairs", type=int, default=0, help="train on a seeded sample of this many pairs")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the device setting)")
+    s.set_defaults(func=cmd_finetune)
     return p
 
 

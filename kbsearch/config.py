@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     handoff_message_zh: str = Field("正在为您转接人工客服，请稍候")
     handoff_message_en: str = Field("Let me connect you with a human agent. Please hold on.")
 
+    # --- pair judgement (POST /similarity, kbsearch similar) ----------------------------------
+    pair_model: str = Field(
+        "", description="Folder of a pair model made by `kbsearch finetune` (empty: /similarity answers 503).")
+    pair_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Min P(same meaning) to call a pair similar.")
+    pair_max_length: int = Field(64, ge=8, le=8192, description="Tokens per pair (the training max_length).")
+
     # --- ingest --------------------------------------------------------------------------------
     dedupe: bool = Field(True, description="Merge near-duplicate questions.")
     dedupe_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")

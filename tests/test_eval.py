@@ -73,6 +73,10 @@ def test_eval_cli_on_a_benchmark_folder(bench, tmp_path, monkeypatch, capsys):
     assert by_name["vector"]["top1"] == 1.0 and by_name["bm25"]["top1"] == 1.0
     assert by_name["vector"]["oos_handoff_rate"] == 1.0
     assert figures["ingest"]["kept"] == 4
+    # Every config is perfect on this tiny set, so the default does not *beat* the baselines: the
+    # verdict must say so rather than claim a win.
+    assert figures["default"] == "fused" and "fused *" in table
+    assert "* the default configuration (fused); top-1 beats both bm25 and vector: NO" in table
 
 
 def test_eval_of_an_ingested_kb_and_bad_arguments(bench, tmp_path, monkeypatch, capsys):

@@ -17,10 +17,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from kbsearch import __version__
-from kbsearch.api.models import AskRequest, AskResponse
+from kbsearch.api.models import AskRequest, AskResponse, SimilarityRequest, SimilarityResponse
 from kbsearch.config import Settings
 from kbsearch.errors import KbsearchError
 from kbsearch.service.query import QueryEngine
+from kbsearch.service.similarity import PairJudge
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,18 @@ def get_engine(request: Request) -> QueryEngine:
 EngineDep = Annotated[QueryEngine, Depends(get_engine)]
 
 
-def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None) -> FastAPI:
     """Build the app; the engine (and its models) load at startup, before the port serves /readyz ok."""
     if engine is None:
         from kbsearch.service import make_engine
 
         engine = make_engine(settings)
+    judge = judge or PairJudge(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.load()
+        judge.load()
         yield
         engine.close()
 
@@ -73,5 +76,14 @@ def create_app(settings: Settings, engine: QueryEngine | None = None) -> FastAPI
         log.info("ask request_id=%s kb=%s answered=%s mode=%s", request_id, body.kb or engine.settings.default_kb,
                  answer.answered, answer.mode)
         return AskResponse.from_answer(answer, request_id)
+
+    @app.post("/similarity", response_model=SimilarityResponse)
+    def similarity(body: SimilarityRequest) -> SimilarityResponse:
+        """Do two texts mean the same? The pair model's P(same meaning) against pair_threshold.
+
+        503 when no pair model is configured (``KBSEARCH_PAIR_MODEL``) or it failed to load.
+        """
+        similar, score = judge.judge(body.a, body.b)
+        return SimilarityResponse(similar=similar, score=score, threshold=judge.threshold, model=judge.model_id)
 
     return app

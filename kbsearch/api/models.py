@@ -57,6 +57,31 @@ class HandoffOut(BaseModel):
     message: str
 
 
+class SimilarityRequest(BaseModel):
+    """Body of ``POST /similarity``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    a: str = Field(..., min_length=1, max_length=2000, description="First text.")
+    b: str = Field(..., min_length=1, max_length=2000, description="Second text.")
+
+    @field_validator("a", "b")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must contain a non-whitespace character")
+        return v
+
+
+class SimilarityResponse(BaseModel):
+    """Body of the ``POST /similarity`` response: the pair model's judgement."""
+
+    similar: bool
+    score: float = Field(..., description="P(same meaning) from the pair model, compared with pair_threshold.")
+    threshold: float
+    model: str
+
+
 class AskResponse(BaseModel):
     """Body of the ``POST /ask`` response."""
 

@@ -104,6 +104,14 @@ class EvalReport:
     date: str
     seconds: float
     ingest: dict[str, Any] | None = None
+    default: str = ""  # the configuration the settings serve (first stage, +rerank when one is configured)
+
+    def default_beats_baselines(self) -> bool | None:
+        """Whether the default's top-1 beats both plain BM25 and vector-only (None if one is missing)."""
+        by = {r.name: r.top1 for r in self.results}
+        if self.default not in by or "bm25" not in by or "vector" not in by or self.default in ("bm25", "vector"):
+            return None
+        return by[self.default] > max(by["bm25"], by["vector"])
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -121,11 +129,16 @@ class EvalReport:
 
         for r in self.results:
             total = r.latency_ms.get("total", {})
-            lines.append(f"{r.name:<16}{f(r.top1):>7}{f(r.recall_at_3):>7}{f(r.recall_at_50):>7}{f(r.mrr_at_10):>8}"
+            name = r.name + (" *" if r.name == self.default else "")
+            lines.append(f"{name:<16}{f(r.top1):>7}{f(r.recall_at_3):>7}{f(r.recall_at_50):>7}{f(r.mrr_at_10):>8}"
                          f"{f(r.answered_precision):>9}{f(r.coverage):>7}{f(r.oos_handoff_rate):>8}"
                          f"{total.get('p50', 0):>8.1f}{total.get('p95', 0):>8.1f}")
         lines.append(f"question embedding (batched, shared by all configs): {self.embed_ms_per_query:.1f} ms/query; "
                      "p50/p95 exclude it")
+        beats = self.default_beats_baselines()
+        if self.default:
+            verdict = "" if beats is None else f"; top-1 beats both bm25 and vector: {'yes' if beats else 'NO'}"
+            lines.append(f"* the default configuration ({self.default}){verdict}")
         return "\n".join(lines)
 
 
@@ -237,7 +250,8 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
                       embed_ms_per_query=round(embed_ms, 2),
                       machine=f"{platform.machine()} {_cpu_count()} CPU, {platform.python_implementation()} "
                               f"{platform.python_version()}",
-                      date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - t0, 1), ingest=ingest)
+                      date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - t0, 1), ingest=ingest,
+                      default=settings.first_stage + ("+rerank" if reranker.enabled else ""))
 
 
 def _cpu_count() -> int:

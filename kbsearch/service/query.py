@@ -70,13 +70,18 @@ def _trace_row(c: _Candidate, kind: str) -> dict[str, Any]:
             "text": c.row.text[:200]}
 
 
+def rerank_doc(entry: FaqEntry) -> str:
+    """The whole-FAQ document a reranker judges (and a pair model trains on): question, then answer."""
+    return f"{entry.question}\n{entry.answer}"
+
+
 def rerank_text(cand: _Candidate, build: Build) -> str:
     """The document a reranker judges: the FAQ question plus the matched chunk (or the whole answer)."""
     if cand.row.kind == "chunk":
         chunk = build.chunks.get((cand.entry.id, cand.row.chunk))
         if chunk is not None:
             return chunk.text
-    return f"{cand.entry.question}\n{cand.entry.answer}"
+    return rerank_doc(cand.entry)
 
 
 class QueryEngine:

@@ -1,0 +1,315 @@
+"""kbsearch finetune: pairs files, the training loop on tiny random bases (full and LoRA), the model card,
+loading the result as the cross-encoder reranker, and POST /similarity / kbsearch similar."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+from kbsearch.api.app import create_app
+from kbsearch.cli import main
+from kbsearch.config import Settings
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.errors import BadInputError
+from kbsearch.finetune import Pair, Recipe, collect_pairs, finetune, load_pairs, read_card, variant_pairs
+from kbsearch.index.builder import build_index
+from kbsearch.rerank.cross_encoder import CrossEncoderReranker
+from kbsearch.service.query import QueryEngine
+from kbsearch.service.similarity import PairJudge
+from support import entry, one_chunk
+
+# Every phrasing carries its topic word, so a tiny random model can learn "same topic" in seconds.
+TOPICS = {
+    "退货": ["怎么退货", "如何申请退货", "退货流程是什么", "我想退货", "退货要多久"],
+    "密码": ["忘记密码怎么办", "如何重置密码", "密码找回", "登录密码忘了", "修改密码在哪"],
+    "发货": ["什么时候发货", "几天能发货", "发货时间", "还没发货怎么办", "发货要多久"],
+    "花呗": ["花呗怎么还款", "花呗能延迟还吗", "花呗分期利息", "花呗额度怎么提", "花呗逾期了"],
+}
+
+
+def make_pairs(n: int, seed: int) -> list[Pair]:
+    """Same topic -> 1, different topic -> 0, balanced."""
+    rng = random.Random(seed)
+    names = list(TOPICS)
+    out = []
+    for i in range(n):
+        t = rng.choice(names)
+        a = rng.choice(TOPICS[t])
+        if i % 2 == 0:
+            out.append(Pair(a, rng.choice([x for x in TOPICS[t] if x != a]), 1))
+        else:
+            out.append(Pair(a, rng.choice(TOPICS[rng.choice([x for x in names if x != t])]), 0))
+    return out
+
+
+def _tokenizer(bert: bool) -> PreTrainedTokenizerFast:
+    corpus = [s for v in TOPICS.values() for s in v] + ["hello world shipping password"]
+    if bert:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)  # splits CJK characters
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
+                                                                  show_progress=False))
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    # Qwen3-Embedding style: no pad token in the tokenizer, the last token is pooled
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def bert_base(tmp_path_factory) -> Path:
+    """A bare tiny BertModel (like the materialised e5-small folder: no classification head)."""
+    path = tmp_path_factory.mktemp("bert-base")
+    tok = _tokenizer(bert=True)
+    tok.save_pretrained(path)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    config.architectures = ["BertModel"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen3_base(tmp_path_factory) -> Path:
+    """A bare tiny Qwen3Model (like Qwen3-Embedding), for the LoRA recipe."""
+    path = tmp_path_factory.mktemp("qwen3-base")
+    tok = _tokenizer(bert=False)
+    tok.save_pretrained(path)
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    config.architectures = ["Qwen3Model"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        Qwen3Model(config).save_pretrained(path)
+    return path
+
+
+def recipe(base: Path, **kw) -> Recipe:
+    defaults = {"method": "full", "lr": 2e-3, "batch_size": 16, "epochs": 8, "early_stop_patience": 8,
+                "max_length": 32, "device": "cpu", "seed": 7, "data": ["synthetic topic pairs"]}
+    return Recipe(base=str(base), **(defaults | kw))
+
+
+@pytest.fixture(scope="session")
+def trained(bert_base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pair") / "model"
+    result = finetune(recipe(bert_base), make_pairs(320, 1), make_pairs(80, 2), out, progress=False)
+    return result
+
+
+# --- pairs files ---------------------------------------------------------------------------------
+
+
+def test_load_pairs_accepts_jsonl_and_afqmc_csv(tmp_path):
+    j = tmp_path / "p.jsonl"
+    j.write_text('{"a": "花呗能不能延迟还款", "b": "有没有办法推迟还花呗", "label": 1}\n\n'
+                 '{"sentence1": "借呗提额要多久审核", "sentence2": "花呗分期利息怎么算", "label": "0"}\n', encoding="utf-8")
+    c = tmp_path / "afqmc.csv"
+    c.write_text("sentence1,sentence2,label\n花呗能不能延迟还款,有没有办法推迟还花呗,1\n", encoding="utf-8")
+    assert load_pairs(j) == [Pair("花呗能不能延迟还款", "有没有办法推迟还花呗", 1), Pair("借呗提额要多久审核", "花呗分期利息怎么算", 0)]
+    assert load_pairs(c) == [Pair("花呗能不能延迟还款", "有没有办法推迟还花呗", 1)]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("bad.jsonl", '{"a": "x", "b": "y", "label": 1}\n{"a": "x", "label": 1}\n', r"bad.jsonl:2: missing field 'b'"),
+    ("bad.jsonl", '{"a": "x", "b": "y", "label": 2}\n', r"bad.jsonl:1: field 'label' must be 0 or 1"),
+    ("bad.jsonl", '{"a": " ", "b": "y", "label": 1}\n', r"bad.jsonl:1: field 'a' must be a non-empty"),
+    ("bad.jsonl", "not json\n", r"bad.jsonl:1: not JSON"),
+    ("bad.csv", "a,b,label\nx,y,1\nx,y,yes\n", r"bad.csv:3: field 'label' must be 0 or 1"),
+    ("bad.txt", "x", r"must be .jsonl or .csv"),
+    ("empty.jsonl", "", r"no pairs"),
+])
+def test_bad_pairs_name_file_line_and_field(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(BadInputError, match=message):
+        load_pairs(path)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_full_finetune_learns_and_writes_a_card(trained):
+    r = trained
+    assert r.method == "full" and r.trainable_params == r.total_params
+    assert r.best.accuracy >= 0.9 and r.best.f1 >= 0.9, r.history  # the random base starts near 0.5
+    assert r.history[0]["dev_accuracy"] < r.best.accuracy
+    lines = (r.out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == r.epochs_run and json.loads(lines[0])["epoch"] == 1
+    card = read_card(r.out)
+    assert card["base"].endswith("bert-base0") or "bert-base" in card["base"]
+    assert card["data"] == ["synthetic topic pairs"] and card["dev"]["f1"] == pytest.approx(r.best.f1)
+    assert card["recipe"]["lr"] == 2e-3 and card["best_epoch"] == r.best_epoch and card["date"]
+    assert "F1" in (r.out / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_output_loads_as_the_cross_encoder_reranker_with_the_dev_scores(trained):
+    ce = CrossEncoderReranker(str(trained.out), batch_size=8, max_length=32, device="cpu")
+    ce.load()
+    dev = make_pairs(80, 2)
+    right = 0
+    for p in dev:
+        (score,) = ce.score(p.a, [p.b])
+        right += (score >= 0.5) == bool(p.label)
+    assert right / len(dev) == pytest.approx(trained.best.accuracy)  # the kept checkpoint is the best one
+
+
+def test_training_is_deterministic_for_a_seed(bert_base, tmp_path):
+    runs = [finetune(recipe(bert_base, epochs=2), make_pairs(64, 1), make_pairs(32, 2), tmp_path / f"m{i}",
+                     progress=False) for i in range(2)]
+    assert runs[0].history[-1]["dev_loss"] == runs[1].history[-1]["dev_loss"]
+
+
+def test_early_stopping_keeps_the_best_epoch(bert_base, tmp_path):
+    r = finetune(recipe(bert_base, epochs=30, early_stop_patience=2, lr=5e-3), make_pairs(160, 1),
+                 make_pairs(40, 2), tmp_path / "m", progress=False)
+    f1s = [h["dev_f1"] for h in r.history]
+    assert r.epochs_run < 30 and r.best.f1 == max(f1s) and r.best_epoch == f1s.index(max(f1s)) + 1
+    assert all(f <= r.best.f1 for f in f1s[r.best_epoch:]) and len(f1s) - r.best_epoch == 2
+
+
+def test_lora_on_a_qwen3_style_base_trains_only_adapters_and_merges(qwen3_base, tmp_path):
+    pytest.importorskip("peft")
+    r = finetune(recipe(qwen3_base, method="lora", lr=5e-3, epochs=2, lora_r=4), make_pairs(64, 1),
+                 make_pairs(32, 2), tmp_path / "m", progress=False)
+    assert r.method == "lora" and 0 < r.trainable_params < r.total_params / 2
+    assert read_card(r.out)["recipe"]["lora_r"] == 4
+    ce = CrossEncoderReranker(str(r.out), batch_size=8, max_length=32, device="cpu")
+    ce.load()  # merged: a plain sequence classifier, no peft needed to serve it
+    assert not any("lora" in k for k in json.dumps(ce.describe()).lower().split())
+    (p,) = ce.score("怎么退货", ["如何申请退货"])
+    assert 0.0 <= p <= 1.0
+    assert "lora" not in " ".join(ce._model.model.state_dict().keys())
+
+
+def test_bad_recipe_and_data_are_refused(bert_base, tmp_path):
+    with pytest.raises(BadInputError, match="'lr'"):
+        finetune(recipe(bert_base, lr=0), make_pairs(8, 1), make_pairs(4, 2), tmp_path / "a", progress=False)
+    with pytest.raises(BadInputError, match="both labels"):
+        finetune(recipe(bert_base), [Pair("a", "b", 1)] * 4, make_pairs(4, 2), tmp_path / "b", progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("keep me")
+    with pytest.raises(BadInputError, match="not empty"):
+        finetune(recipe(bert_base), make_pairs(8, 1), make_pairs(4, 2), tmp_path / "c", progress=False)
+    assert (tmp_path / "c" / "x").read_text() == "keep me"
+
+
+# --- pairs from a KB's variants ------------------------------------------------------------------
+
+
+def test_variant_pairs_use_first_stage_hard_negatives(tmp_path):
+    settings = Settings(home=tmp_path / "home", embed_backend="hash")
+    entries = [entry(f"t{i}", qs[0], f"{t}的答案。", variants=tuple(qs[1:3])) for i, (t, qs) in enumerate(TOPICS.items())]
+    build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    pairs = variant_pairs(settings, "default", negatives=2)
+    by_id = {e.id: e for e in entries}
+    positives = [p for p in pairs if p.label == 1]
+    assert len(positives) == 8 and len(pairs) == 8 * 3
+    for p in positives:
+        owner = next(e for e in entries if p.a in e.variants)
+        assert p.b == f"{owner.question}\n{owner.answer}"
+    engine = QueryEngine(settings, HashEmbedder(dim=64), PairJudge(settings)._model or _Off())
+    engine.load()
+    for p in [p for p in pairs if p.label == 0]:
+        owner = next(e for e in entries if p.a in e.variants)
+        assert p.b != f"{owner.question}\n{owner.answer}"
+        ranked = [c for c in engine.ask(p.a, top_k=3).candidates if c != owner.id][:2]
+        assert p.b in {f"{by_id[c].question}\n{by_id[c].answer}" for c in ranked}
+
+
+class _Off:
+    enabled = False
+    model_id = "none"
+
+    def load(self):
+        pass
+
+
+def test_collect_pairs_holds_out_a_seeded_dev_share(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"a": p.a, "b": p.b, "label": p.label}, ensure_ascii=False) + "\n"
+                            for p in make_pairs(50, 3)), encoding="utf-8")
+    s = Settings(home=tmp_path / "home")
+    train, dev, data = collect_pairs(s, [path], None, 0.2, None, 3, seed=1)
+    again = collect_pairs(s, [path], None, 0.2, None, 3, seed=1)
+    assert len(dev) == 10 and len(train) == 40 and not set(dev) - set(make_pairs(50, 3))
+    assert (train, dev) == again[:2] and "50 pairs" in data[0]
+    with pytest.raises(BadInputError, match="no training pairs"):
+        collect_pairs(s, [], None, 0.2, None, 3, seed=1)
+
+
+# --- /similarity and kbsearch similar ------------------------------------------------------------
+
+
+def test_similarity_endpoint_with_the_trained_pair_model(trained, tmp_path):
+    settings = Settings(home=tmp_path / "home", embed_backend="hash", pair_model=str(trained.out), pair_max_length=32)
+    with TestClient(create_app(settings)) as client:
+        same = client.post("/similarity", json={"a": "怎么退货", "b": "如何申请退货"}).json()
+        other = client.post("/similarity", json={"a": "怎么退货", "b": "忘记密码怎么办"}).json()
+        assert same["similar"] is True and other["similar"] is False and same["score"] > other["score"]
+        assert same["model"] == str(trained.out) and same["threshold"] == 0.5
+        bad = client.post("/similarity", json={"a": "  ", "b": "x"})
+        assert bad.status_code == 422 and "a" in json.dumps(bad.json()["detail"])
+        assert client.post("/similarity", json={"a": "x"}).status_code == 422
+
+
+def test_similarity_without_a_pair_model_is_503_and_ask_still_works(tmp_path):
+    settings = Settings(home=tmp_path / "home", embed_backend="hash")
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/similarity", json={"a": "x", "b": "y"})
+        assert r.status_code == 503 and "KBSEARCH_PAIR_MODEL" in r.json()["detail"]
+    broken = Settings(home=tmp_path / "home", embed_backend="hash", pair_model=str(tmp_path / "missing"))
+    with TestClient(create_app(broken)) as client:
+        r = client.post("/similarity", json={"a": "x", "b": "y"})
+        assert r.status_code == 503 and "failed to load" in r.json()["detail"]
+
+
+def test_cli_finetune_then_similar(bert_base, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    pairs = tmp_path / "afqmc.csv"
+    pairs.write_text("sentence1,sentence2,label\n" + "".join(f"{p.a},{p.b},{p.label}\n" for p in make_pairs(120, 5)),
+                     encoding="utf-8")
+    out = tmp_path / "model"
+    assert main(["finetune", "--pairs", str(pairs), "--base", str(bert_base), "--out", str(out), "--epochs", "6",
+                 "--lr", "2e-3", "--batch-size", "16", "--max-length", "32", "--method", "full",
+                 "--device", "cpu"]) == 0
+    assert "dev accuracy" in capsys.readouterr().out and read_card(out)["data"][0].endswith("(120 pairs)")
+    monkeypatch.setenv("KBSEARCH_PAIR_MODEL", str(out))
+    monkeypatch.setenv("KBSEARCH_PAIR_MAX_LENGTH", "32")
+    assert main(["similar", "怎么退货", "如何申请退货", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) == {"similar", "score", "threshold", "model"} and 0 <= got["score"] <= 1
+    assert main(["finetune", "--pairs", str(tmp_path / "nope.csv"), "--base", str(bert_base),
+                 "--out", str(tmp_path / "m2")]) == 2
+    assert "nope.csv" in capsys.readouterr().err
+
+
+def test_pair_metrics_by_hand():
+    import numpy as np
+
+    from kbsearch.finetune import pair_metrics
+
+    m = pair_metrics(np.array([0.9, 0.8, 0.2, 0.6, 0.1]), np.array([1, 0, 1, 1, 0]), loss=0.5)
+    # predicted 1,1,0,1,0: tp 2, fp 1, fn 1 -> P 2/3, R 2/3, F1 2/3; negatives: tp 1, fp 1, fn 1 -> F1 1/2
+    assert (m.accuracy, m.precision, m.recall) == pytest.approx((0.6, 2 / 3, 2 / 3))
+    assert m.f1 == pytest.approx(2 / 3) and m.macro_f1 == pytest.approx((2 / 3 + 0.5) / 2)
