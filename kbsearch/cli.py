@@ -121,7 +121,7 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     recipe = Recipe(base=args.base or default_base(settings), method=args.method, max_length=args.max_length,
                     lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                     device=args.device or settings.device, max_train_pairs=args.max_train_pairs,
-                    early_stop_patience=args.patience)
+                    early_stop_patience=args.patience, freeze_embeddings=not args.train_embeddings)
     if args.lora_r:
         recipe.lora_r = args.lora_r
     recipe.check()
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patience", type=int, default=3, help="early stop after this many epochs without dev F1 gain")
     s.add_argument("--max-train-pairs", type=int, default=0, help="train on a seeded sample of this many pairs")
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--train-embeddings", action="store_true",
+                   help="full method: also train the token embeddings (frozen by default: faster, and they "
+                   "are most of e5-small's parameters)")
     s.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the device setting)")
     s.set_defaults(func=cmd_finetune)
     return p

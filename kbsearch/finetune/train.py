@@ -52,6 +52,7 @@ class Recipe:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None  # None: q/k/v projections of the base's architecture
     lora_above_params: int = 300_000_000
+    freeze_embeddings: bool = True  # full method: keep the (large, multilingual) token embeddings fixed
     max_length: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -193,6 +194,8 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     method = recipe.method if recipe.method != "auto" else ("lora" if total > recipe.lora_above_params else "full")
     if method == "lora":
         model = _apply_lora(model, recipe)
+    elif recipe.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
