@@ -106,7 +106,8 @@ def qwen3_base(tmp_path_factory) -> Path:
 
 def recipe(base: Path, **kw) -> Recipe:
     defaults = {"method": "full", "lr": 1e-3, "batch_size": 16, "epochs": 25, "early_stop_patience": 25,
-                "max_length": 32, "device": "cpu", "seed": 7, "data": ["synthetic topic pairs"]}
+                "max_length": 32, "device": "cpu", "seed": 7, "data": ["synthetic topic pairs"],
+                "freeze_embeddings": False}  # a random tiny base needs its embeddings trained
     return Recipe(base=str(base), **(defaults | kw))
 
 
@@ -172,6 +173,21 @@ def test_the_output_loads_as_the_cross_encoder_reranker_with_the_dev_scores(trai
         (score,) = ce.score(p.a, [p.b])
         right += (score >= 0.5) == bool(p.label)
     assert right / len(dev) == pytest.approx(trained.best.accuracy)  # the kept checkpoint is the best one
+
+
+def test_frozen_embeddings_stay_as_in_the_base(bert_base, tmp_path):
+    from safetensors.torch import load_file
+
+    r = finetune(recipe(bert_base, epochs=1, freeze_embeddings=True), make_pairs(32, 1), make_pairs(16, 2),
+                 tmp_path / "m", progress=False)
+    key = "bert.embeddings.word_embeddings.weight"
+    before = load_file(bert_base / "model.safetensors")
+    after = load_file(r.out / "model.safetensors")
+    emb = before.get(key, before.get("embeddings.word_embeddings.weight"))
+    assert r.trainable_params == r.total_params - emb.numel()
+    assert torch.equal(after[key], emb)
+    assert not torch.equal(after["bert.encoder.layer.0.attention.self.query.weight"],
+                           before.get("encoder.layer.0.attention.self.query.weight"))
 
 
 def test_training_is_deterministic_for_a_seed(bert_base, tmp_path):
@@ -290,7 +306,7 @@ def test_cli_finetune_then_similar(bert_base, tmp_path, monkeypatch, capsys):
                      encoding="utf-8")
     out = tmp_path / "model"
     assert main(["finetune", "--pairs", str(pairs), "--base", str(bert_base), "--out", str(out), "--epochs", "6",
-                 "--lr", "2e-3", "--batch-size", "16", "--max-length", "32", "--method", "full",
+                 "--lr", "2e-3", "--batch-size", "16", "--max-length", "32", "--method", "full", "--train-embeddings",
                  "--device", "cpu"]) == 0
     assert "dev accuracy" in capsys.readouterr().out and read_card(out)["data"][0].endswith("(120 pairs)")
     monkeypatch.setenv("KBSEARCH_PAIR_MODEL", str(out))
