@@ -113,10 +113,10 @@ def test_ingest_report_adds_up(server):
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
 def test_paraphrases_get_the_right_faq(server, lang):
-    """Every paraphrase finds its FAQ in the top 3; at least 9 in 10 are answered with it at top 1.
+    """Every paraphrase is answered with its FAQ at top 1 (and is in the top 3).
 
-    The bound is 9/10 rather than 10/10 because the embedded default is a small model with no reranker:
-    one Chinese paraphrase (提前还款 worded as 一次还完) ranks the neighbouring 分期 FAQ first.
+    With plain vector ranking one Chinese paraphrase (提前还款 worded as 一次还完) ranked the
+    neighbouring 分期 FAQ first; the fused first stage (answer side + BM25) gets it right.
     """
     base, _ = server
     cjk = re.compile(r"[\u4e00-\u9fff]")
@@ -132,7 +132,7 @@ def test_paraphrases_get_the_right_faq(server, lang):
         elif not (body["answered"] and ids[0] == want):
             not_top1.append((q, want, ids, body["results"][0]["score"]))
     assert not misses, f"expected FAQ not in the top 3: {misses}"
-    assert len(not_top1) <= len(rows) // 10, f"{len(not_top1)}/{len(rows)} not answered at top 1: {not_top1}"
+    assert not not_top1, f"{len(not_top1)}/{len(rows)} not answered at top 1: {not_top1}"
 
 
 def test_off_topic_hands_off(server):
