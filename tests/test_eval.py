@@ -91,3 +91,24 @@ def test_eval_of_an_ingested_kb_and_bad_arguments(bench, tmp_path, monkeypatch, 
     (bench / "queries_bad.jsonl").write_text('{"qid": 1}\n', encoding="utf-8")
     assert main(["eval", str(bench), "--queries", "queries_bad.jsonl"]) == 2
     assert "queries_bad.jsonl:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("top1s", "default", "verdict"), [
+    ({"bm25": 0.4, "vector": 0.5, "fused": 0.52}, "fused", True),
+    ({"bm25": 0.4, "vector": 0.5, "fused": 0.5}, "fused", False),  # a tie is not a win
+    ({"bm25": 0.6, "vector": 0.5, "fused": 0.55}, "fused", False),
+    ({"bm25": 0.4, "vector": 0.5}, "vector", None),  # the default is a baseline itself
+    ({"vector": 0.5, "fused": 0.6}, "fused", None),  # a baseline was not measured
+])
+def test_default_beats_baselines_verdict(top1s, default, verdict):
+    from kbsearch.eval.run import ConfigResult, EvalReport
+
+    results = [ConfigResult(name=n, first_stage=n, reranker="none", queries=10, in_scope=10, out_of_scope=0, top1=t,
+                            recall_at_3=t, recall_at_50=t, mrr_at_10=t, answered_precision=t, coverage=1.0,
+                            oos_handoff_rate=None) for n, t in top1s.items()]
+    report = EvalReport(dataset="d", queries_file="q", settings={}, results=results, embed_ms_per_query=1.0,
+                        machine="m", date="2026-11-22", seconds=1.0, default=default)
+    assert report.default_beats_baselines() is verdict
+    text = report.render()
+    assert f"* the default configuration ({default})" in text
+    assert (("yes" if verdict else "NO") in text) if verdict is not None else "beats" not in text
