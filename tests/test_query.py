@@ -315,10 +315,18 @@ def test_fused_with_zero_weights_ranks_like_the_question_rows(settings, built):
 
 @pytest.mark.parametrize(("fields", "kinds"), [("question", {"question", "variant"}), ("answer", {"chunk"})])
 def test_vector_fields_limits_the_rows_matched(settings, built, fields, kinds):
-    eng = engine(settings.model_copy(update={"first_stage": "vector", "vector_fields": fields}))
+    # vector_top_k 2 < the 9 rows: the restricted search must look past rows of the other kind, not
+    # filter a top-k taken over all rows (which would leave too few, or no, candidates).
+    eng = engine(settings.model_copy(update={"first_stage": "vector", "vector_fields": fields, "vector_top_k": 2,
+                                             "rerank_top_k": 2}))
+    b = eng.build("default")
     for question in ("如何申请退货？", "Standard shipping takes 3-5 working days", "云杉钱包"):
         a = eng.ask(question, top_k=4, explain=True)
-        assert a.explain["vector"] and {r["matched"] for r in a.explain["vector"]} <= kinds
+        assert len(a.explain["vector"]) == 2 and {r["matched"] for r in a.explain["vector"]} <= kinds
+        q = eng.embedder.embed_queries([question])[0]
+        allowed = [i for i, r in enumerate(b.rows) if r.kind in kinds]
+        best = max(allowed, key=lambda i: float(b.vectors.similarity(q, [i])[0]))
+        assert a.explain["vector"][0]["id"] == b.rows[best].faq_id
 
 
 def test_explain_names_the_rule(settings, built):

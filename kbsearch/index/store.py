@@ -19,7 +19,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,14 @@ class Build:
     bm25: BM25Index | None
     bm25_error: str | None
     faq_rows: dict[str, list[int]]
+    _kind_rows: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def rows_of_kind(self, kind: str) -> list[int]:
+        """Row numbers of answer chunks (``"chunk"``) or of questions and variants (``"question"``); cached."""
+        if kind not in self._kind_rows:
+            want_chunk = kind == "chunk"
+            self._kind_rows[kind] = [i for i, r in enumerate(self.rows) if (r.kind == "chunk") == want_chunk]
+        return self._kind_rows[kind]
 
 
 def _load_part(loader: Callable[[], Any]) -> tuple[Any, str | None]:

@@ -309,10 +309,17 @@ class QueryEngine:
         if build.vectors is None:
             raise IndexCorruptError(build.vector_error or "vector index missing")
         index = build.vectors
+        fields = self.settings.vector_fields
+        allowed = None if fields == "both" else build.rows_of_kind("chunk" if fields == "answer" else "question")
 
         def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             q = self.embedder.embed_queries([question]) if query_vector is None else query_vector.reshape(1, -1)
-            scores, rows = index.search(q, self.settings.vector_top_k)
+            if allowed is None:
+                scores, rows = index.search(q, self.settings.vector_top_k)
+            else:  # exact search within the allowed rows only
+                sims = index.similarity(q[0], allowed)
+                top = np.argsort(-sims, kind="stable")[: self.settings.vector_top_k]
+                scores, rows = sims[top][None, :], np.asarray(allowed, dtype=np.int64)[top][None, :]
             return q, scores, rows
 
         t = time.perf_counter()
@@ -326,11 +333,7 @@ class QueryEngine:
             raise _VectorFailure(f"{type(exc).__name__}: {exc}") from exc
         finally:
             timings["vector"] = (time.perf_counter() - t) * 1000
-        found = rows[0]
-        if self.settings.vector_fields != "both":
-            want_chunk = self.settings.vector_fields == "answer"
-            found = np.array([r if r >= 0 and (build.rows[r].kind == "chunk") == want_chunk else -1 for r in found])
-        return _group(found, scores[0], build, today, "vector"), q[0]
+        return _group(rows[0], scores[0], build, today, "vector"), q[0]
 
     def _lexical(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate] | None:
         """BM25 candidates, or None when BM25 is unavailable or fails."""
