@@ -161,6 +161,7 @@ def test_full_finetune_learns_and_writes_a_card(trained):
     assert card["base"].endswith("bert-base0") or "bert-base" in card["base"]
     assert card["data"] == ["synthetic topic pairs"] and card["dev"]["f1"] == pytest.approx(r.best.f1)
     assert card["recipe"]["lr"] == 1e-3 and card["best_epoch"] == r.best_epoch and card["date"]
+    assert card["complete"] is True
     assert "F1" in (r.out / "README.md").read_text(encoding="utf-8")
 
 
@@ -190,6 +191,21 @@ def test_frozen_embeddings_stay_as_in_the_base(bert_base, tmp_path):
                            before.get("encoder.layer.0.attention.self.query.weight"))
 
 
+def test_an_interrupted_run_leaves_its_best_epoch_loadable(bert_base, tmp_path):
+    def stop_at_epoch_3(line: str) -> None:
+        if line.startswith("epoch 3:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(recipe(bert_base, epochs=5), make_pairs(64, 1), make_pairs(32, 2), tmp_path / "m",
+                 progress=False, log_line=stop_at_epoch_3)
+    card = read_card(tmp_path / "m")
+    assert card["complete"] is False and card["best_epoch"] in (1, 2) and card["epochs_run"] == card["best_epoch"]
+    ce = CrossEncoderReranker(str(tmp_path / "m"), batch_size=8, max_length=32, device="cpu")
+    ce.load()
+    assert 0.0 <= ce.score("怎么退货", ["如何申请退货"])[0] <= 1.0
+
+
 def test_training_is_deterministic_for_a_seed(bert_base, tmp_path):
     runs = [finetune(recipe(bert_base, epochs=2), make_pairs(64, 1), make_pairs(32, 2), tmp_path / f"m{i}",
                      progress=False) for i in range(2)]
@@ -209,7 +225,7 @@ def test_lora_on_a_qwen3_style_base_trains_only_adapters_and_merges(qwen3_base, 
     r = finetune(recipe(qwen3_base, method="lora", lr=5e-3, epochs=2, lora_r=4), make_pairs(64, 1),
                  make_pairs(32, 2), tmp_path / "m", progress=False)
     assert r.method == "lora" and 0 < r.trainable_params < r.total_params / 2
-    assert read_card(r.out)["recipe"]["lora_r"] == 4
+    assert read_card(r.out)["recipe"]["lora_r"] == 4 and not (r.out / "lora-adapter").exists()
     ce = CrossEncoderReranker(str(r.out), batch_size=8, max_length=32, device="cpu")
     ce.load()  # merged: a plain sequence classifier, no peft needed to serve it
     (p,) = ce.score("怎么退货", ["如何申请退货"])

@@ -230,6 +230,12 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
         labels = np.array([p.label for p in dev])
         return pair_metrics(np.concatenate(probs), labels, sum(losses) / len(dev))
 
+    def summary() -> TrainResult:
+        assert best is not None
+        return TrainResult(out=out, method=method, best_epoch=best_epoch, best=best, epochs_run=len(history),
+                           seconds=round(time.perf_counter() - t0, 1), train_pairs=len(train), dev_pairs=len(dev),
+                           trainable_params=n_trainable, total_params=total, history=history)
+
     t0 = time.perf_counter()
     best: PairMetrics | None = None
     best_epoch, best_state, stale, history = 0, None, 0, []
@@ -268,6 +274,14 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
         if best is None or metrics.f1 > best.f1:
             best, best_epoch, stale = metrics, epoch, 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            # On disk too, so an interrupted run still leaves its best epoch: the model itself (full) or
+            # the adapter (LoRA, merged at the end), with a card marked incomplete.
+            if method == "lora":
+                model.save_pretrained(out / "lora-adapter")
+            else:
+                model.save_pretrained(out, safe_serialization=True)
+                tokenizer.save_pretrained(out)
+            write_card(out, recipe, summary(), device, complete=False)
         else:
             stale += 1
             if stale >= recipe.early_stop_patience:
@@ -277,22 +291,26 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     model.load_state_dict(best_state)
     if method == "lora":
         model = model.merge_and_unload()
+        shutil.rmtree(out / "lora-adapter", ignore_errors=True)
     model.to("cpu")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if writer is not None:
         writer.close()
-    result = TrainResult(out=out, method=method, best_epoch=best_epoch, best=best, epochs_run=len(history),
-                         seconds=round(time.perf_counter() - t0, 1), train_pairs=len(train), dev_pairs=len(dev),
-                         trainable_params=n_trainable, total_params=total, history=history)
-    write_card(out, recipe, result, device)
+    result = summary()
+    write_card(out, recipe, result, device, complete=True)
     return result
 
 
-def write_card(out: Path, recipe: Recipe, result: TrainResult, device: str) -> None:
-    """The model card: base, data, recipe, dev metrics, date and machine (JSON and a README)."""
+def write_card(out: Path, recipe: Recipe, result: TrainResult, device: str, *, complete: bool) -> None:
+    """The model card: base, data, recipe, dev metrics, date and machine (JSON and a README).
+
+    ``complete`` is False while training runs (the folder then holds the best epoch so far; for LoRA
+    only its adapter, in ``lora-adapter/``).
+    """
     card = {
         "kind": "kbsearch pair model (sequence-pair classifier, 1 logit; score = sigmoid)",
+        "complete": complete,
         "base": recipe.base, "data": recipe.data, "method": result.method,
         "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("base", "data")},
         "train_pairs": result.train_pairs, "dev_pairs": result.dev_pairs,
@@ -305,7 +323,7 @@ def write_card(out: Path, recipe: Recipe, result: TrainResult, device: str) -> N
     (out / CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     b = result.best
     (out / "README.md").write_text(
-        f"# Pair model trained by `kbsearch finetune`\n\n"
+        f"# Pair model trained by `kbsearch finetune`{'' if complete else ' (training still running or interrupted)'}\n\n"
         f"- Base: `{recipe.base}`\n- Data: {', '.join(recipe.data) or 'unspecified'}\n"
         f"- Method: {result.method} ({result.trainable_params:,} of {result.total_params:,} parameters trained)\n"
         f"- Recipe: lr {recipe.lr}, batch {recipe.batch_size}, max_length {recipe.max_length}, up to "
@@ -335,9 +353,3 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-
-
-def remove_partial(out: Path) -> None:
-    """Delete an output folder a failed run left behind (only if it has no model card)."""
-    if out.exists() and read_card(out) is None:
-        shutil.rmtree(out)
