@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     rerank_instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION)
     rerank_batch_size: int = Field(16, ge=1, le=1024)
     rerank_max_length: int = Field(512, ge=16, le=32768)
+    rerank_doc: Literal["faq", "question"] = Field(
+        "faq",
+        description="What the reranker reads per candidate: faq = question + answer (or the matched answer "
+        "chunk); question = the matched question or variant only (for question-question pair models).",
+    )
 
     # --- query path ----------------------------------------------------------------------------
     first_stage: Literal["fused", "vector", "bm25", "hybrid"] = Field(

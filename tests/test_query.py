@@ -344,3 +344,28 @@ def test_precomputed_query_vector_gives_the_same_answer(settings, built):
     a, b = eng.ask("How long does shipping take?"), eng.ask("How long does shipping take?", query_vector=q)
     assert [h.entry.id for h in a.hits] == [h.entry.id for h in b.hits]
     assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits])
+
+
+class RecordingReranker(KeywordReranker):
+    def __init__(self):
+        super().__init__()
+        self.docs: list[str] = []
+
+    def score(self, query, docs):
+        self.docs += docs
+        return super().score(query, docs)
+
+
+@pytest.mark.parametrize("doc", ["faq", "question"])
+def test_rerank_doc_chooses_what_the_reranker_reads(settings, built, doc):
+    rr = RecordingReranker()
+    eng = engine(settings.model_copy(update={"rerank_doc": doc}), reranker=rr)
+    a = eng.ask("When will my parcel arrive?", top_k=4)
+    b = eng.build("default")
+    assert rr.docs and a.mode == "rerank"
+    questions = {t for e in b.entries.values() for t in (e.question, *e.variants)}
+    if doc == "question":
+        assert set(rr.docs) <= questions and "When will my parcel arrive?" in rr.docs  # the matched variant
+    else:
+        assert all("\n" in d or d not in questions for d in rr.docs)  # question + answer, or an answer chunk
+        assert any(b.entries["en-ship"].answer in d for d in rr.docs)

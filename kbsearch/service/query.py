@@ -75,8 +75,14 @@ def rerank_doc(entry: FaqEntry) -> str:
     return f"{entry.question}\n{entry.answer}"
 
 
-def rerank_text(cand: _Candidate, build: Build) -> str:
-    """The document a reranker judges: the FAQ question plus the matched chunk (or the whole answer)."""
+def rerank_text(cand: _Candidate, build: Build, doc: str = "faq") -> str:
+    """The document a reranker judges.
+
+    ``doc="faq"``: the matched answer chunk (which starts with its question), or question + answer.
+    ``doc="question"``: the matched question or variant, else the FAQ's question.
+    """
+    if doc == "question":
+        return cand.row.text if cand.row.kind != "chunk" else cand.entry.question
     if cand.row.kind == "chunk":
         chunk = build.chunks.get((cand.entry.id, cand.row.chunk))
         if chunk is not None:
@@ -451,7 +457,7 @@ class QueryEngine:
         head = cands[: self.settings.rerank_top_k]
         t = time.perf_counter()
         try:
-            scores = self.reranker.score(question, [rerank_text(c, build) for c in head])
+            scores = self.reranker.score(question, [rerank_text(c, build, self.settings.rerank_doc) for c in head])
         finally:
             timings["rerank"] = (time.perf_counter() - t) * 1000
         for c, s in zip(head, scores):
