@@ -2,8 +2,9 @@
 
 Normal path: embed the question -> FAISS top ``vector_top_k`` rows -> group rows to FAQs (max) -> drop
 entries that are not valid today -> (``first_stage=fused``, the default: add BM25's FAQs and rank every
-candidate by a linear fusion of its question, answer and BM25 scores, see ``_linear``) -> rerank the best ``rerank_top_k`` FAQs (unless the reranker is
-``none``) -> top ``top_k`` -> compare the deciding score with *its own* threshold -> answer or hand off.
+candidate by a linear fusion of its question, answer and BM25 scores, see ``_linear``) -> rerank the
+best ``rerank_top_k`` FAQs (unless the reranker is ``none``) -> top ``top_k`` -> compare the deciding
+score with *its own* threshold -> answer or hand off.
 
 Fallbacks: if embedding or vector search fails (exception, timeout, missing or corrupt index), BM25
 answers with ``degraded=True``; if BM25 fails too, the canned hand-off message. If the reranker fails,
