@@ -24,6 +24,7 @@ from kbsearch.config import Settings
 from kbsearch.embed import make_embedder
 from kbsearch.eval import load_queries, prepare_benchmark, run_eval
 from kbsearch.eval.calibrate import calibrate
+from kbsearch.index.store import load_build
 from kbsearch.rerank import make_reranker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +66,13 @@ def main() -> None:
             report = run_eval(settings, "eval", queries, embedder, reranker, dataset=name, queries_file=qfile,
                               ingest=ingest, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
             fields = []
-            for which in ("question", "answer"):
+            chunk_rows = len(load_build(settings.kb_dir("eval"), device="cpu").rows_of_kind("chunk"))
+            for which in ("question", "answer") if chunk_rows else ("question",):
                 only = run_eval(settings.model_copy(update={"vector_fields": which}), "eval", queries, embedder,
                                 reranker, first_stages=("vector",))
                 fields.append((f"vector, {which} rows only", only.results[0]))
+            if not chunk_rows:
+                fields.append(("vector, answer rows only: none indexed (the KB has no answer text)", None))
         sections.append(_section(report, ingest, extra, fields))
         by = {r.name: r.top1 for r in report.results}
         summary.append((name, qfile, by.get("bm25"), by.get("vector"), by.get(report.default),
@@ -124,7 +128,8 @@ def _section(report, ingest, extra: str, fields: list) -> str:
              "| rows matched | top-1 | R@3 | MRR@10 |", "|---|---|---|---|",
              f"| vector, question and answer rows (both) | {_f(both.top1)} | {_f(both.recall_at_3)} | "
              f"{_f(both.mrr_at_10)} |"]
-    rows += [f"| {label} | {_f(r.top1)} | {_f(r.recall_at_3)} | {_f(r.mrr_at_10)} |" for label, r in fields]
+    rows += [f"| {label} | {_f(r.top1)} | {_f(r.recall_at_3)} | {_f(r.mrr_at_10)} |" if r else f"| {label} | - | - | - |"
+             for label, r in fields]
     first = report.results[0]
     return (f"\n## {report.dataset} ({report.queries_file})\n\n{first.in_scope} in-scope and {first.out_of_scope} "
             f"out-of-scope questions; KB: {ingest['kept']} entries kept, {ingest['chunks']} chunks. Question "
