@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.types import Answer
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must contain a non-whitespace character")
+    return v
+
+
+#: A user-supplied text: 1..2000 characters, not only whitespace.
+UserText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_not_blank)]
 
 
 class AskRequest(BaseModel):
@@ -15,18 +25,12 @@ class AskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(..., min_length=1, max_length=2000, description="The user's question.")
+    question: UserText = Field(..., description="The user's question.")
     top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: Settings.top_k, 3).")
     kb: str | None = Field(None, pattern=KB_NAME_PATTERN,
                            description="Knowledge base name (default: Settings.default_kb, 'default').")
     explain: bool = Field(False, description="Return every stage's candidates, scores and the deciding rule.")
 
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("question must contain a non-whitespace character")
-        return v
 
 
 class ResultScores(BaseModel):
@@ -62,15 +66,8 @@ class SimilarityRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    a: str = Field(..., min_length=1, max_length=2000, description="First text.")
-    b: str = Field(..., min_length=1, max_length=2000, description="Second text.")
-
-    @field_validator("a", "b")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must contain a non-whitespace character")
-        return v
+    a: UserText = Field(..., description="First text.")
+    b: UserText = Field(..., description="Second text.")
 
 
 class SimilarityResponse(BaseModel):
