@@ -68,6 +68,17 @@ def test_search_orders_and_normalises():
     assert len(index.search("量子力学", 3).rows) == 0  # no shared term: nothing returned
 
 
+@pytest.mark.parametrize("query", ["怎么申请退货", "shipping 退货", "量子力学"])
+def test_search_also_returns_every_rows_normalised_score(query):
+    """The fused ranking reads other rows' scores from the search: they equal a separate scoring pass."""
+    index = BM25Index.build(DOCS)
+    hits = index.search(query, 2)
+    everything = list(range(len(DOCS)))
+    assert hits.all_normalised.shape == (len(DOCS),)
+    np.testing.assert_allclose(hits.all_normalised, index.normalised_scores_for(query, everything), atol=1e-6)
+    np.testing.assert_array_equal(hits.normalised, hits.all_normalised[hits.rows])
+
+
 def test_save_load_roundtrip_and_corruption(tmp_path):
     index = BM25Index.build(DOCS)
     index.save(tmp_path / "bm25.json")

@@ -23,11 +23,16 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class LexicalHits:
-    """Top rows of one BM25 query: row ids, raw scores and normalised scores, best first."""
+    """Top rows of one BM25 query: row ids, raw scores and normalised scores, best first.
+
+    ``all_normalised`` holds the normalised score of every row (index = row id), computed in the same
+    pass, so a caller that needs other rows' scores does not score the query again.
+    """
 
     rows: np.ndarray
     raw: np.ndarray
     normalised: np.ndarray
+    all_normalised: np.ndarray
 
 
 class BM25Index:
@@ -92,8 +97,9 @@ class BM25Index:
         top = np.argpartition(-raw, k - 1)[:k]
         top = top[np.argsort(-raw[top], kind="stable")]
         top = top[raw[top] > 0]
-        norm = raw[top] / bound if bound > 0 else np.zeros(len(top), dtype=np.float32)
-        return LexicalHits(rows=top, raw=raw[top], normalised=np.clip(norm, 0.0, 1.0).astype(np.float32))
+        every = np.clip(raw / bound, 0.0, 1.0) if bound > 0 else np.zeros(len(raw))
+        every = every.astype(np.float32)
+        return LexicalHits(rows=top, raw=raw[top], normalised=every[top], all_normalised=every)
 
     def save(self, path: Path) -> None:
         """Write the index as JSON to ``path`` (a new file; builds never overwrite live files)."""

@@ -263,8 +263,11 @@ class QueryEngine:
                 notes.append(f"vector path failed, BM25 used: {exc}")
                 log.warning("vector path failed for %r: %s", kb, exc)
         lex: list[_Candidate] | None = None
+        bm25_rows: np.ndarray | None = None  # every row's normalised BM25 score, when BM25 ran
         if stage != "vector" or vec is None:
-            lex = self._lexical(question, build, today, timings)
+            lexical = self._lexical(question, build, today, timings)
+            if lexical is not None:
+                lex, bm25_rows = lexical
         if vec is None and lex is None:
             reason = f"backend-failure: vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
             return self._canned(question, reason, build.build_id, timings, t0, notes, trace)
@@ -279,7 +282,7 @@ class QueryEngine:
                 trace["fused"] = [{"id": c.entry.id, "score": c.fused} for c in cands]
             mode: Mode = "vector"
         elif vec is not None and qvec is not None and stage == "fused":
-            cands, mode = self._linear(question, vec, lex or [], build, qvec, timings), "vector"
+            cands, mode = self._linear(vec, lex or [], bm25_rows, build, qvec, timings), "vector"
             if trace is not None:
                 trace["fused"] = [{"id": c.entry.id, "score": c.fused, "vector": c.vector, "bm25": c.bm25}
                                   for c in cands]
@@ -342,8 +345,9 @@ class QueryEngine:
             timings["vector"] = (time.perf_counter() - t) * 1000
         return _group(rows[0], scores[0], build, today, "vector"), q[0]
 
-    def _lexical(self, question: str, build: Build, today: dt.date, timings: dict[str, float]) -> list[_Candidate] | None:
-        """BM25 candidates, or None when BM25 is unavailable or fails."""
+    def _lexical(self, question: str, build: Build, today: dt.date,
+                 timings: dict[str, float]) -> tuple[list[_Candidate], np.ndarray] | None:
+        """BM25 candidates and every row's normalised BM25 score, or None when BM25 is unavailable or fails."""
         if build.bm25 is None:
             return None
         t = time.perf_counter()
@@ -354,7 +358,7 @@ class QueryEngine:
             return None
         finally:
             timings["bm25"] = (time.perf_counter() - t) * 1000
-        return _group(found.rows, found.normalised, build, today, "bm25")
+        return _group(found.rows, found.normalised, build, today, "bm25"), found.all_normalised
 
     def _fuse(self, vec: list[_Candidate], lex: list[_Candidate], build: Build,
               qvec: np.ndarray | None) -> list[_Candidate]:
@@ -384,15 +388,17 @@ class QueryEngine:
                 m.vector = float(sims[best])
         return sorted(merged.values(), key=lambda c: (-(c.fused or 0.0), -(c.vector or 0.0)))
 
-    def _linear(self, question: str, vec: list[_Candidate], lex: list[_Candidate], build: Build,
+    def _linear(self, vec: list[_Candidate], lex: list[_Candidate], bm25_rows: np.ndarray | None, build: Build,
                 qvec: np.ndarray, timings: dict[str, float]) -> list[_Candidate]:
         """Linear score fusion over every row of each candidate FAQ (vector or BM25 candidates).
 
         ``fused = question side + fused_answer_weight * answer side + fused_bm25_weight * BM25``, where the
         question side is ``(best + w * mean of the best k)`` over the FAQ's question and variant cosines
         divided by ``1 + w``, the answer side is the best answer-chunk cosine (the question side when the
-        FAQ has no chunk), and BM25 is the FAQ's best normalised row score. Each candidate's ``vector``
-        score stays its best row cosine, so ``threshold_vector`` keeps its meaning.
+        FAQ has no chunk), and BM25 is the FAQ's best normalised row score, read from ``bm25_rows`` (the
+        BM25 stage's scores of every row, so the query is not scored twice; None when BM25 failed: the
+        vector sides rank alone). Each candidate's ``vector`` score stays its best row cosine, so
+        ``threshold_vector`` keeps its meaning.
         """
         s = self.settings
         merged = {c.entry.id: c for c in vec}
@@ -403,12 +409,7 @@ class QueryEngine:
         rows = [r for span in spans for r in span]
         t = time.perf_counter()
         sims = build.vectors.similarity(qvec, rows) if build.vectors is not None else np.zeros(len(rows))
-        bm: np.ndarray | None = None
-        if build.bm25 is not None and s.fused_bm25_weight > 0:
-            try:
-                bm = build.bm25.normalised_scores_for(question, rows)
-            except Exception:  # rank-bm25 internals: rank on the vector sides alone
-                log.exception("BM25 scoring for the fused ranking failed")
+        bm = bm25_rows[rows] if bm25_rows is not None and rows else None
         timings["fuse"] = (time.perf_counter() - t) * 1000
         is_chunk = np.array([build.rows[r].kind == "chunk" for r in rows], dtype=bool)
         start = 0
