@@ -73,35 +73,33 @@ def _tokenizer(bert: bool) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
+def _save_base(path: Path, tok: PreTrainedTokenizerFast, model_cls: type, config) -> Path:
+    """Save a tokenizer and a seeded random bare model (no classification head) as a base folder."""
+    tok.save_pretrained(path)
+    config.architectures = [model_cls.__name__]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model_cls(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def bert_base(tmp_path_factory) -> Path:
     """A bare tiny BertModel (like the materialised e5-small folder: no classification head)."""
-    path = tmp_path_factory.mktemp("bert-base")
     tok = _tokenizer(bert=True)
-    tok.save_pretrained(path)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
-    config.architectures = ["BertModel"]
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(config).save_pretrained(path)
-    return path
+    return _save_base(tmp_path_factory.mktemp("bert-base"), tok, BertModel, config)
 
 
 @pytest.fixture(scope="session")
 def qwen3_base(tmp_path_factory) -> Path:
     """A bare tiny Qwen3Model (like Qwen3-Embedding), for the LoRA recipe."""
-    path = tmp_path_factory.mktemp("qwen3-base")
     tok = _tokenizer(bert=False)
-    tok.save_pretrained(path)
     config = Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
                          eos_token_id=tok.eos_token_id, bos_token_id=None)
-    config.architectures = ["Qwen3Model"]
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        Qwen3Model(config).save_pretrained(path)
-    return path
+    return _save_base(tmp_path_factory.mktemp("qwen3-base"), tok, Qwen3Model, config)
 
 
 def recipe(base: Path, **kw) -> Recipe:
@@ -259,7 +257,7 @@ def test_variant_pairs_use_first_stage_hard_negatives(tmp_path):
     for p in positives:
         owner = next(e for e in entries if p.a in e.variants)
         assert p.b == f"{owner.question}\n{owner.answer}"
-    engine = QueryEngine(settings, HashEmbedder(dim=64), PairJudge(settings)._model or _Off())
+    engine = QueryEngine(settings, HashEmbedder(dim=64), _Off())
     engine.load()
     for p in [p for p in pairs if p.label == 0]:
         owner = next(e for e in entries if p.a in e.variants)
