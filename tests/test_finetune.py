@@ -22,7 +22,6 @@ from kbsearch.finetune import Pair, Recipe, collect_pairs, finetune, load_pairs,
 from kbsearch.index.builder import build_index
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
 from kbsearch.service.query import QueryEngine
-from kbsearch.service.similarity import PairJudge
 from support import entry, one_chunk
 
 # Every phrasing carries its topic word, so a tiny random model can learn "same topic" in seconds.
