@@ -45,8 +45,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                         result.report.to_json(), progress=True)
     for stage, seconds in built.seconds.items():
         result.report.add_stage(stage, seconds)
+    reranker = _train_kb_reranker(settings, kb)
     summary = {"kb": kb, "build_id": built.build_id, "path": str(built.path), "rows": built.rows,
-               "report": result.report.to_json()}
+               "report": result.report.to_json(), "kb_reranker": reranker}
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
@@ -54,6 +55,17 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"built {built.build_id} for kb {kb!r}: {built.rows} index rows ({times})")
         print(f"report saved to {built.path / 'report.json'}")
     return 0
+
+
+def _train_kb_reranker(settings: Settings, kb: str) -> dict[str, object] | None:
+    """With the ``kb`` reranker, train (or reuse) the KB's own reranker on its fresh build."""
+    if settings.rerank_backend != "kb" or settings.kb_reranker_max_variants == 0:
+        return None
+    from kbsearch.finetune.kb import train_kb_reranker
+
+    done = train_kb_reranker(settings, kb, say=lambda line: print(line, file=sys.stderr))
+    return {"folder": str(done.folder) if done.folder else None, "trained": done.trained,
+            "seconds": round(done.seconds, 1), "self_check": done.self_check}
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,6 +76,7 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     kb = args.kb or settings.default_kb
     built = rebuild_index(settings, kb, make_embedder(settings), progress=True)
     print(f"rebuilt kb {kb!r} as {built.build_id}: {built.rows} index rows")
+    _train_kb_reranker(settings, kb)
     return 0
 
 

@@ -82,10 +82,20 @@ class Settings(BaseSettings):
     )
 
     # --- reranking -----------------------------------------------------------------------------
-    rerank_backend: Literal["none", "qwen3", "cross-encoder"] = Field(
-        "none", description="none: stage skipped, vector score decides; qwen3: Qwen3-Reranker; "
-        "cross-encoder: any sequence-classification CrossEncoder."
+    rerank_backend: Literal["none", "kb", "qwen3", "cross-encoder"] = Field(
+        "kb", description="kb (default): each KB's own cross-encoder, trained by kbsearch ingest from its variants "
+        "on the bundled base (KBs without variants, or whose self-check fails, skip the stage); none: stage "
+        "skipped, the first-stage score decides; qwen3: Qwen3-Reranker; cross-encoder: any sequence-"
+        "classification CrossEncoder (rerank_model)."
     )
+    kb_reranker_max_variants: int = Field(
+        600, ge=0, le=1_000_000,
+        description="kb reranker: train on a seeded sample of at most this many variants (bounds the training "
+        "time on first ingest); 0 = do not train.",
+    )
+    kb_reranker_negatives: int = Field(3, ge=1, le=20, description="kb reranker: hard negatives per variant.")
+    kb_reranker_epochs: int = Field(2, ge=1, le=50, description="kb reranker: training epochs.")
+    kb_reranker_max_length: int = Field(48, ge=16, le=512, description="kb reranker: tokens per pair.")
     rerank_model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the reranker.")
     rerank_instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION)
     rerank_batch_size: int = Field(16, ge=1, le=1024)

@@ -39,6 +39,7 @@ def test_calibrate_stores_and_ask_uses_it(bench, tmp_path, monkeypatch, capsys):
     assert "chosen threshold_vector" in out
     stored = read_thresholds(tmp_path / "home" / "shop")["vector"]
     assert stored["answered_precision"] == 1.0 and stored["model_id"] == "kbsearch/hash-ngram-v1"
+    assert stored["reranker"] == "none"  # the kb reranker is configured, but this KB has none: vector decided
     assert stored["oos_handoff_rate"] == 1.0 and 0.0 < stored["threshold"] <= 1.0
 
     settings = Settings()

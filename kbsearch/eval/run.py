@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,7 @@ from kbsearch.config import FIRST_STAGES, Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.rerank.base import Reranker
+from kbsearch.rerank.kb import KbReranker, active_kb_reranker
 from kbsearch.rerank.none import NoReranker
 from kbsearch.service.query import QueryEngine
 from kbsearch.types import Answer, Hit
@@ -68,7 +70,15 @@ def prepare_benchmark(bench_dir: Path, settings: Settings, kb: str, embedder: Em
     ingested = run_ingest(kb_files[:1], settings, progress=progress)
     built = build_index(settings, kb, ingested.entries, ingested.chunks, embedder, ingested.report.to_json(),
                         progress=progress)
-    return {**ingested.report.to_json(), "build_id": built.build_id, "build_seconds": built.seconds}
+    out = {**ingested.report.to_json(), "build_id": built.build_id, "build_seconds": built.seconds}
+    if settings.rerank_backend == "kb" and settings.kb_reranker_max_variants > 0:
+        from kbsearch.finetune.kb import train_kb_reranker
+
+        trained = train_kb_reranker(settings, kb, progress=progress,
+                                    say=lambda line: print(line, file=sys.stderr) if progress else None)
+        out["kb_reranker"] = {"seconds": round(trained.seconds, 1), "trained": trained.trained,
+                              "self_check": trained.self_check}
+    return out
 
 
 @dataclass
@@ -113,6 +123,14 @@ class EvalReport:
             return None
         return by[self.default] > max(by["bm25"], by["vector"])
 
+    def rerank_beats_first_stage(self) -> bool | None:
+        """Whether the default's reranked top-1 beats every first stage alone (None without a reranked run)."""
+        by = {r.name: r.top1 for r in self.results}
+        first = [r.top1 for r in self.results if r.reranker == "none"]
+        if "+rerank" not in self.default or self.default not in by or not first:
+            return None
+        return by[self.default] > max(first)
+
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
         return asdict(self)
@@ -139,6 +157,9 @@ class EvalReport:
         if self.default:
             verdict = "" if beats is None else f"; top-1 beats both bm25 and vector: {'yes' if beats else 'NO'}"
             lines.append(f"* the default configuration ({self.default}){verdict}")
+        rerank = self.rerank_beats_first_stage()
+        if rerank is not None:
+            lines.append(f"reranked top-1 beats the best first stage alone: {'yes' if rerank else 'NO'}")
         return "\n".join(lines)
 
 
@@ -226,13 +247,20 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
     te = time.perf_counter()
     qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
     embed_ms = (time.perf_counter() - te) * 1000 / len(queries)
-    rerankers: list[tuple[str, Reranker]] = [("none", NoReranker())]
+    # (name suffix, reranker name, reranker); reranked configurations run on the default first stage only.
+    rerankers: list[tuple[str, str, Reranker]] = [("", "none", NoReranker())]
     if reranker.enabled:
-        rerankers.append((reranker.model_id, reranker))
+        rerankers.append(("+rerank", reranker.model_id, reranker))
+        if isinstance(reranker, KbReranker) and not reranker.force:
+            if active_kb_reranker(settings.kb_dir(kb))[0] is None and active_kb_reranker(settings.kb_dir(kb), force=True)[0] is not None:
+                # Served without the stage (its self-check failed); measure what it would have done.
+                rerankers.append(("+rerank-forced", "kb (forced)", KbReranker(settings, force=True)))
     results: list[ConfigResult] = []
     merged: dict[str, str] | None = None
     for stage in first_stages:
-        for rname, rr in rerankers:
+        for suffix, rname, rr in rerankers:
+            if suffix and stage != settings.first_stage:
+                continue
             cfg = settings.model_copy(update={"first_stage": stage})
             engine = QueryEngine(cfg, embedder, rr)
             engine.load(kb)
@@ -240,7 +268,7 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
                 merged = {m: e.id for e in engine.build(kb).entries.values() for m in e.merged_ids}
             answers = [engine.ask(q.query, kb=kb, top_k=10, query_vector=v) for q, v in zip(queries, qvecs)]
             engine.close()
-            name = stage if rname == "none" else f"{stage}+rerank"
+            name = stage + suffix
             results.append(score_answers(name, stage, rname, queries, answers, merged))
             if progress:
                 progress(f"{name}: top1 {results[-1].top1:.3f}")

@@ -22,26 +22,27 @@ def default_base(settings: Settings) -> str:
     return str(materialize_e5_small(settings.model_cache))
 
 
-def variant_pairs(settings: Settings, kb: str, negatives: int) -> list[Pair]:
-    """Training pairs from ``kb``'s variants, with hard negatives from its own first stage."""
-    from kbsearch.service import make_engine
-    from kbsearch.service.query import rerank_doc
+def variant_pairs(settings: Settings, kb: str, negatives: int, *, doc: str = "faq", max_variants: int = 0,
+                  seed: int = 42) -> list[Pair]:
+    """Training pairs from ``kb``'s variants, with hard negatives from its own vector index.
 
-    engine = make_engine(settings.model_copy(update={"rerank_backend": "none"}))
-    engine.load(kb)
-    try:
-        build = engine.build(kb)
-        entries = build.entries
-        variants = [(e.id, v, e.question) for e in entries.values() for v in e.variants]
-        if not variants:
-            raise BadInputError(f"knowledge base {kb!r} has no variants to train on")
+    Each variant row's stored vector searches the active build (its own row excluded); the FAQs it
+    ranks highest other than its own are the hard negatives (see ``kb.mine_variants`` for ``doc``).
+    ``max_variants`` > 0 trains on a seeded sample of that many variants.
+    """
+    from kbsearch.finetune.kb import mine_variants, variant_rows
+    from kbsearch.index.store import active_build_id, load_build
 
-        def rank(text: str) -> list[str]:
-            return list(engine.ask(text, kb=kb, top_k=negatives + 1).candidates[: negatives + 1])
-
-        return kb_pairs(variants, lambda fid: rerank_doc(entries[fid]), rank, negatives)
-    finally:
-        engine.close()
+    kb_dir = settings.kb_dir(kb)
+    if active_build_id(kb_dir) is None:
+        raise BadInputError(f"knowledge base {kb!r} has no build: run kbsearch ingest first")
+    build = load_build(kb_dir, device="cpu")
+    if build.vectors is None:
+        raise BadInputError(f"knowledge base {kb!r}: vector index unavailable ({build.vector_error})")
+    rows = variant_rows(build, max_variants, seed)
+    if not rows:
+        raise BadInputError(f"knowledge base {kb!r} has no variants to train on")
+    return kb_pairs(mine_variants(build, rows, negatives, doc), negatives)
 
 
 def collect_pairs(settings: Settings, files: list[Path], dev_file: Path | None, dev_share: float, kb: str | None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,21 +87,20 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def kb_pairs(variants: Iterable[tuple[str, str, str]], doc_of: Callable[[str], str],
-             rank: Callable[[str], list[str]], negatives: int = 3) -> list[Pair]:
+def kb_pairs(variants: Iterable[tuple[str, str, dict[str, str]]], negatives: int = 3) -> list[Pair]:
     """Pairs from a knowledge base's own phrasings: positives and first-stage hard negatives.
 
     Args:
-        variants: ``(faq_id, text, _)`` for every variant phrasing of an FAQ.
-        doc_of: The text the reranker judges for an FAQ id (question plus answer).
-        rank: FAQ ids the first stage returns for a text, best first.
+        variants: ``(faq_id, text, docs)`` per variant phrasing, where ``docs`` maps FAQ ids to the
+            document the reranker reads for them, in the first stage's rank order, and includes
+            ``faq_id`` itself.
         negatives: Hard negatives per positive: the best-ranked FAQs other than the right one.
     """
     pairs: list[Pair] = []
-    for faq_id, text, _ in variants:
-        pairs.append(Pair(text, doc_of(faq_id), 1))
-        wrong = [f for f in rank(text) if f != faq_id][:negatives]
-        pairs.extend(Pair(text, doc_of(f), 0) for f in wrong)
+    for faq_id, text, docs in variants:
+        pairs.append(Pair(text, docs[faq_id], 1))
+        wrong = [f for f in docs if f != faq_id][:negatives]
+        pairs.extend(Pair(text, docs[f], 0) for f in wrong)
     return pairs
 
 

@@ -64,6 +64,8 @@ class Recipe:
     seed: int = 42
     device: str = "auto"
     max_train_pairs: int = 0  # 0 = all; else a seeded sample (bounded CPU runs)
+    balance: bool = False  # weight positives by negatives/positives in the loss (imbalanced pairs)
+    save_half: bool = False  # write the final weights as fp16 (half the disk; loaders upcast on CPU)
     data: list[str] = field(default_factory=list)  # provenance: what the pairs came from
 
     def check(self) -> None:
@@ -205,7 +207,9 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     use_amp = device.startswith("cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    n_pos = sum(p.label for p in train)
+    pos_weight = (len(train) - n_pos) / n_pos if recipe.balance else 1.0
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
     writer = _tensorboard(out / "runs")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -292,7 +296,7 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     if method == "lora":
         model = model.merge_and_unload()
         shutil.rmtree(out / "lora-adapter", ignore_errors=True)
-    model.to("cpu")
+    model.to("cpu", dtype=torch.float16 if recipe.save_half else torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     if writer is not None:

@@ -137,12 +137,15 @@ class FaissIndex:
             scores, rows = self._index.search(q, min(k, len(self)))
         return scores, rows
 
+    def vectors(self, rows: list[int]) -> np.ndarray:
+        """The stored vectors of ``rows``, ``(len(rows), dim)``."""
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._cpu.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
     def similarity(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
         """Inner products of one query vector with the given rows (exact, from the stored vectors)."""
-        if not rows:
-            return np.zeros(0, dtype=np.float32)
-        vecs = self._cpu.reconstruct_batch(np.asarray(rows, dtype=np.int64))
-        return vecs @ np.asarray(query, dtype=np.float32).reshape(-1)
+        return self.vectors(rows) @ np.asarray(query, dtype=np.float32).reshape(-1)
 
     def save(self, path: Path) -> None:
         """Write the (CPU copy of the) index to ``path``, which must not exist yet."""

@@ -10,13 +10,15 @@ from kbsearch.config import Settings
 from kbsearch.errors import BadInputError
 from kbsearch.rerank.base import Reranker
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker, Qwen3Reranker
+from kbsearch.rerank.kb import KbReranker
 from kbsearch.rerank.none import NoReranker
 
 
 def make_reranker(settings: Settings) -> Reranker:
     """Return the (not yet loaded) reranker that ``settings`` configure.
 
-    ``none`` -> ``NoReranker`` (``enabled`` False); ``qwen3`` -> ``Qwen3Reranker`` with
+    ``none`` -> ``NoReranker`` (``enabled`` False); ``kb`` -> ``KbReranker`` (each KB's own trained
+    model); ``qwen3`` -> ``Qwen3Reranker`` with
     ``rerank_instruction``; ``cross-encoder`` -> ``CrossEncoderReranker``. Both model backends take
     ``rerank_model``, ``rerank_batch_size``, ``rerank_max_length`` and ``device``.
 
@@ -26,6 +28,8 @@ def make_reranker(settings: Settings) -> Reranker:
     backend = settings.rerank_backend
     if backend == "none":
         return NoReranker()
+    if backend == "kb":
+        return KbReranker(settings)
     limits = {
         "batch_size": settings.rerank_batch_size,
         "max_length": settings.rerank_max_length,
@@ -35,4 +39,4 @@ def make_reranker(settings: Settings) -> Reranker:
         return Qwen3Reranker(settings.rerank_model, settings.rerank_instruction, **limits)
     if backend == "cross-encoder":
         return CrossEncoderReranker(settings.rerank_model, **limits)
-    raise BadInputError(f"unknown rerank_backend {backend!r}; expected 'none', 'qwen3' or 'cross-encoder'")
+    raise BadInputError(f"unknown rerank_backend {backend!r}; expected 'none', 'kb', 'qwen3' or 'cross-encoder'")

@@ -30,6 +30,7 @@ from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.store import THRESHOLDS, Build, active_build_id, load_build, read_thresholds
 from kbsearch.rerank.base import Reranker
+from kbsearch.rerank.kb import KB_RERANKER_DOC, KbReranker, active_kb_reranker
 from kbsearch.service.handoff import handoff_for
 from kbsearch.types import Answer, FaqEntry, Hit, IndexRow, Mode, Scores
 
@@ -198,7 +199,7 @@ class QueryEngine:
         """Readiness: models and builds loaded, with reasons for anything that is not."""
         kbs = {
             name: {"build": b.build_id, "entries": len(b.entries), "vector": b.vector_error or "ok",
-                   "bm25": b.bm25_error or "ok"}
+                   "bm25": b.bm25_error or "ok", **self._kb_reranker_status(name)}
             for name, b in dict(self._builds).items()
         }
         return {
@@ -209,6 +210,13 @@ class QueryEngine:
             "ready": self.loaded and self.embedder_error is None and bool(kbs)
             and all(v["vector"] == "ok" for v in kbs.values()),
         }
+
+    def _kb_reranker_status(self, kb: str) -> dict[str, str]:
+        """With the kb backend: which trained model serves ``kb``, or why none does."""
+        if not isinstance(self.reranker, KbReranker):
+            return {}
+        path, why = active_kb_reranker(self.settings.kb_dir(kb))
+        return {"reranker": f"ok: {path}" if path is not None else why}
 
     # ---------------------------------------------------------------- asking
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
@@ -301,10 +309,15 @@ class QueryEngine:
             notes.append(f"reranker unavailable, {mode} ranking used: {self.reranker_error}")
         elif cands:
             try:
-                self._rerank(question, cands, build, timings)
-                mode = "rerank"
-                if trace is not None:
-                    trace["rerank"] = [{"id": c.entry.id, "score": c.rerank} for c in cands if c.rerank is not None]
+                reranker, doc, why = self._reranker_for(kb)
+                if reranker is None:
+                    notes.append(f"reranker: {why} (stage skipped; {mode} score decides)")
+                else:
+                    self._rerank(reranker, doc, question, cands, build, timings)
+                    mode = "rerank"
+                    if trace is not None:
+                        trace["rerank"] = [{"id": c.entry.id, "score": c.rerank} for c in cands
+                                           if c.rerank is not None]
             except Exception as exc:  # a reranker that is down must not fail the request
                 degraded = True
                 notes.append(f"reranker failed, {mode} ranking used: {type(exc).__name__}: {exc}")
@@ -455,11 +468,23 @@ class QueryEngine:
             c.bm25 = float(norm[start : start + len(span)].max()) if span else 0.0
             start += len(span)
 
-    def _rerank(self, question: str, cands: list[_Candidate], build: Build, timings: dict[str, float]) -> None:
+    def _reranker_for(self, kb: str) -> tuple[Reranker | None, str, str]:
+        """The reranker that scores ``kb``'s candidates, what it reads (``rerank_doc``), and why none.
+
+        The ``kb`` backend resolves the KB's own trained model (question-question, see
+        ``kbsearch.rerank.kb``); every other backend serves all KBs with one model.
+        """
+        if isinstance(self.reranker, KbReranker):
+            model, why = self.reranker.for_kb(kb)
+            return model, KB_RERANKER_DOC, why
+        return self.reranker, self.settings.rerank_doc, "ok"
+
+    def _rerank(self, reranker: Reranker, doc: str, question: str, cands: list[_Candidate], build: Build,
+                timings: dict[str, float]) -> None:
         head = cands[: self.settings.rerank_top_k]
         t = time.perf_counter()
         try:
-            scores = self.reranker.score(question, [rerank_text(c, build, self.settings.rerank_doc) for c in head])
+            scores = reranker.score(question, [rerank_text(c, build, doc) for c in head])
         finally:
             timings["rerank"] = (time.perf_counter() - t) * 1000
         for c, s in zip(head, scores):
@@ -479,8 +504,10 @@ class QueryEngine:
         cal = self._calibrated(kb).get(mode)
         if cal is None:
             return setting, 0.0, "setting"
+        # The reranker that produced the deciding score: none unless the rerank score decides (the stage
+        # can be configured yet skipped for a KB, e.g. a kb reranker that failed its self-check).
         serving = {"model_id": self.embedder.model_id, "first_stage": self.settings.first_stage,
-                   "reranker": self.reranker.model_id if self.reranker.enabled else "none"}
+                   "reranker": self.reranker.model_id if mode == "rerank" else "none"}
         if any(cal.get(k) != v for k, v in serving.items()):
             return setting, 0.0, "setting (calibration was for another configuration)"
         return float(cal["threshold"]), float(cal.get("margin") or 0.0), f"calibrated {cal.get('date', '')}"

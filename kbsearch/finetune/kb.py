@@ -1,0 +1,201 @@
+"""Train a knowledge base's own reranker from its variants (``rerank_backend = "kb"``, run by ingest).
+
+The variants are split by phrasing (seeded): most train, a held-out share is both the dev split of
+``finetune`` (early stopping, dev F1) and the **self-check**. For every held-out variant, its stored
+vector searches the build with its own row excluded; the first stage's answer is the best FAQ found,
+the reranked answer is the best of the first ``rerank_top_k`` FAQs by the trained model. The model is
+used for the KB only when the reranked answers are right more often than the first stage's, so a
+reranker that does not help is never switched on. The self-check ranks by plain vector similarity
+(the stored vectors), not the full ``fused`` first stage; ``kbsearch eval`` measures the real pair.
+
+Models are cached by a hash of their training pairs, recipe and base: re-ingesting the same
+variants reuses the model instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbsearch.config import Settings
+from kbsearch.errors import BadInputError
+from kbsearch.finetune.pairs import Pair, kb_pairs
+from kbsearch.finetune.train import CARD, Recipe, finetune, read_card
+from kbsearch.rerank.kb import ACTIVE, KB_RERANKER_DOC, RERANKERS, SKIP
+
+#: Share of the sampled variants held out for the dev split and the self-check (at least 20 phrasings).
+CHECK_SHARE = 0.15
+
+#: Fewer variants than this: no KB reranker (20 held out for the check, the rest to train on).
+MIN_VARIANTS = 40
+
+
+@dataclass
+class KbRerankerResult:
+    """What ``train_kb_reranker`` did: the model folder (None when skipped) and its self-check."""
+
+    folder: Path | None
+    trained: bool  # False when a cached model was reused (or nothing was trained)
+    seconds: float
+    self_check: dict[str, Any]
+
+
+def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list[tuple[str, str, dict[str, str]]]:
+    """For each variant row: ``(faq_id, text, docs)`` with ``docs`` = FAQ id -> the text the reranker reads,
+    in the order the variant's stored vector ranks them (its own row excluded), its own FAQ included.
+
+    ``doc`` = ``faq``: question + answer; ``question``: the FAQ's best-matching other phrasing (its question
+    when no phrasing is near), which is what the query path shows a question-question reranker.
+    """
+    from kbsearch.service.query import rerank_doc
+
+    k = min(len(build.rows), 64 + 8 * negatives)
+    _, hits = build.vectors.search(build.vectors.vectors(rows), k)
+
+    def text_of(faq_id: str, row: int | None) -> str:
+        entry = build.entries[faq_id]
+        if doc == "faq":
+            return rerank_doc(entry)
+        return build.rows[row].text if row is not None and build.rows[row].kind != "chunk" else entry.question
+
+    out = []
+    for r, found in zip(rows, hits.tolist()):
+        best: dict[str, int] = {}  # FAQ id -> its best row, in rank order
+        for h in found:
+            if h >= 0 and h != r and build.rows[h].faq_id in build.entries:
+                best.setdefault(build.rows[h].faq_id, h)
+        own = build.rows[r].faq_id
+        docs = {fid: text_of(fid, row) for fid, row in best.items()}
+        docs.setdefault(own, text_of(own, None))
+        out.append((own, build.rows[r].text, docs))
+    return out
+
+
+def variant_rows(build: Any, max_variants: int, seed: int) -> list[int]:
+    """Row numbers of the build's variants (of entries it serves); a seeded sample of ``max_variants``."""
+    rows = [i for i, r in enumerate(build.rows) if r.kind == "variant" and r.faq_id in build.entries]
+    if 0 < max_variants < len(rows):
+        rows = sorted(random.Random(seed).sample(rows, max_variants))
+    return rows
+
+
+def self_check(score: Callable[[str, list[str]], list[float]], held_out: list[tuple[str, str, dict[str, str]]],
+               top_k: int) -> dict[str, Any]:
+    """Top-1 of the first stage and of the reranked top ``top_k`` on held-out variants; ``use`` if better."""
+    first = reranked = 0
+    for own, text, docs in held_out:
+        ids = list(docs)[:top_k]
+        first += ids[0] == own
+        scores = score(text, [docs[f] for f in ids])
+        reranked += ids[max(range(len(ids)), key=lambda i: scores[i])] == own
+    n = len(held_out)
+    use = reranked > first
+    return {"variants": n, "top_k": top_k, "first_stage_top1": round(first / n, 4),
+            "reranked_top1": round(reranked / n, 4), "use": use,
+            "reason": (f"reranked top-1 {reranked / n:.3f} vs first stage {first / n:.3f} on {n} held-out variants"
+                       + ("" if use else ": the reranker does not help this KB"))}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _skip(folder: Path, reason: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / SKIP, reason + "\n")
+    (folder / ACTIVE).unlink(missing_ok=True)
+
+
+def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
+                      say: Callable[[str], None] = print) -> KbRerankerResult:
+    """Train (or reuse) ``kb``'s reranker from the active build's variants and switch it in.
+
+    A KB without variants gets no reranker (``SKIP`` records why). The model is switched in
+    (``ACTIVE``) only when complete; its card holds the self-check, and the query path uses it only
+    when that check passed.
+
+    Raises:
+        BadInputError: the KB has no build.
+    """
+    from kbsearch.embed.e5_small import materialize_e5_small
+    from kbsearch.index.store import active_build_id, load_build
+    from kbsearch.rerank.cross_encoder import CrossEncoderReranker
+
+    t0 = time.perf_counter()
+    kb_dir = settings.kb_dir(kb)
+    folder = kb_dir / RERANKERS
+    if active_build_id(kb_dir) is None:
+        raise BadInputError(f"knowledge base {kb!r} has no build: run kbsearch ingest first")
+    build = load_build(kb_dir, device="cpu")
+    seed = 42
+    rows = variant_rows(build, settings.kb_reranker_max_variants, seed) if build.vectors is not None else []
+    if build.vectors is None or len(rows) < MIN_VARIANTS:
+        why = (f"vector index unavailable ({build.vector_error})" if build.vectors is None
+               else f"the KB has {len(rows)} variants; a KB reranker needs at least {MIN_VARIANTS} to train and check")
+        _skip(folder, f"no KB reranker: {why}")
+        return KbRerankerResult(None, False, time.perf_counter() - t0, {"use": False, "reason": why})
+
+    mined = mine_variants(build, rows, settings.kb_reranker_negatives, KB_RERANKER_DOC)
+    random.Random(seed).shuffle(mined)
+    n_check = max(20, int(len(mined) * CHECK_SHARE))
+    held_out, train_variants = mined[:n_check], mined[n_check:]
+    train, dev = kb_pairs(train_variants, settings.kb_reranker_negatives), kb_pairs(held_out, settings.kb_reranker_negatives)
+    base = str(materialize_e5_small(settings.model_cache))
+    recipe = Recipe(base=base, method="full", lr=1e-4, batch_size=32, epochs=settings.kb_reranker_epochs, balance=True,
+                    max_length=settings.kb_reranker_max_length, early_stop_patience=settings.kb_reranker_epochs, save_half=True,
+                    seed=seed, device=settings.device,
+                    data=[f"kb {kb!r} build {build.build_id}: {len(train_variants)} variants -> {len(train)} pairs "
+                          f"({settings.kb_reranker_negatives} vector-ranked hard negatives each)",
+                          f"dev/self-check: {len(held_out)} held-out variants -> {len(dev)} pairs"])
+    key = _key(train, dev, recipe, settings.rerank_top_k)
+    out = folder / key
+    card = read_card(out)
+    trained = False
+    if card is None or not card.get("complete") or "self_check" not in card:
+        shutil.rmtree(out, ignore_errors=True)
+        tmp = folder / f".training-{key}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        say(f"training the KB reranker for {kb!r}: {len(train)} pairs from {len(train_variants)} variants, "
+            f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER_MAX_VARIANTS=0 to skip)")
+        result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
+        model = CrossEncoderReranker(str(tmp), batch_size=settings.rerank_batch_size,
+                                     max_length=settings.kb_reranker_max_length, device=settings.device)
+        model.load()
+        check = self_check(model.score, held_out, settings.rerank_top_k)
+        card = json.loads((tmp / CARD).read_text(encoding="utf-8"))
+        card["self_check"] = check
+        card["seconds"] = result.seconds
+        _write_atomic(tmp / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
+        os.replace(tmp, out)
+        trained = True
+    check = card["self_check"]
+    _write_atomic(folder / ACTIVE, key + "\n")
+    (folder / SKIP).unlink(missing_ok=True)
+    for old in folder.iterdir():  # one model per KB on disk (a served one is already loaded in memory)
+        if old.is_dir() and old.name != key:
+            shutil.rmtree(old, ignore_errors=True)
+    say(f"KB reranker {'trained' if trained else 'reused'} ({out}): {check['reason']}; "
+        f"{'in use' if check['use'] else 'not used'}")
+    return KbRerankerResult(out, trained, time.perf_counter() - t0, check)
+
+
+def _key(train: list[Pair], dev: list[Pair], recipe: Recipe, top_k: int) -> str:
+    """A stable id of what a KB reranker is trained from and how (the cache key)."""
+    from kbsearch.embed.e5_small import E5_SMALL_MODEL_ID
+
+    h = hashlib.sha256()
+    for p in train + [Pair("", "", 0)] + dev:  # a separator row, so moving a pair between splits changes the key
+        h.update(json.dumps([p.a, p.b, p.label], ensure_ascii=False).encode("utf-8"))
+    knobs = {k: v for k, v in vars(recipe).items() if k not in ("base", "data", "device")}
+    h.update(json.dumps([knobs, E5_SMALL_MODEL_ID, top_k], sort_keys=True).encode("utf-8"))
+    return h.hexdigest()[:16]

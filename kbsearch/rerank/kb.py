@@ -1,0 +1,110 @@
+"""The ``kb`` reranker: each knowledge base's own pair model, trained from its variants.
+
+``kbsearch ingest`` (with ``rerank_backend = "kb"``, the default) trains a cross-encoder from the
+bundled e5-small base on the KB's variants and their hard negatives (``kbsearch.finetune.kb``), and
+keeps it under ``indexes/<kb>/rerankers/<key>/``; ``ACTIVE`` names the one in use. Training is
+cached: the key is a hash of the training pairs, the recipe and the base, so re-ingesting the same
+variants reuses the model. Its card records a self-check on held-out variants; when reranking did not
+beat the first stage there (or the KB has no variants, so nothing was trained), the query path skips
+the stage for that KB and says why in the response notes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from kbsearch.config import Settings
+from kbsearch.errors import BackendError
+from kbsearch.rerank.cross_encoder import CrossEncoderReranker
+
+RERANKERS = "rerankers"
+"""Folder of a KB's trained rerankers, beside its builds."""
+
+ACTIVE = "ACTIVE"
+"""File in ``RERANKERS`` naming the key of the reranker in use."""
+
+KB_RERANKER_DOC = "question"
+"""What a KB reranker reads per candidate (``rerank_doc``): the matched question or variant, as it trained."""
+
+SKIP = "SKIP"
+"""File in ``RERANKERS`` saying why the KB has no reranker in use (e.g. no variants)."""
+
+
+def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | None, str]:
+    """The folder of ``kb_dir``'s reranker in use, or None and why there is none.
+
+    ``force`` returns the trained model even when its self-check said not to use it (evaluation).
+    """
+    folder = Path(kb_dir) / RERANKERS
+    try:
+        key = (folder / ACTIVE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        try:
+            return None, (folder / SKIP).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None, "no KB reranker trained yet (kbsearch ingest trains one when the KB has variants)"
+    path = folder / key
+    card = path / "kbsearch_pair_model.json"
+    if not card.is_file():
+        return None, f"KB reranker {path} is incomplete (no model card)"
+    check = json.loads(card.read_text(encoding="utf-8")).get("self_check") or {}
+    if not check.get("use", False) and not force:
+        return None, f"KB reranker off: {check.get('reason', 'its self-check did not pass')}"
+    return path, "ok"
+
+
+class KbReranker:
+    """``rerank_backend = "kb"``: resolves and loads each KB's own reranker on first use.
+
+    The query path asks ``for_kb(kb)`` per question (``force``: also where the self-check failed); ``score`` itself is not used (it raises).
+    Loaded models are kept per folder, so a retrained KB reranker is picked up on its next question.
+    """
+
+    enabled: bool = True
+    model_id: str = "kb"
+
+    def __init__(self, settings: Settings, *, force: bool = False) -> None:
+        self.settings = settings
+        self.force = force  # use a KB's model even where its self-check failed (``kbsearch eval`` shows both)
+        self._models: dict[Path, CrossEncoderReranker] = {}
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Nothing to load up front: each KB's model loads on its first question."""
+
+    def for_kb(self, kb: str) -> tuple[CrossEncoderReranker | None, str]:
+        """The loaded reranker for ``kb``, or None and why the stage is skipped.
+
+        Raises:
+            BackendError (or another ``kbsearch.errors`` error): the KB's model failed to load.
+        """
+        path, why = active_kb_reranker(self.settings.kb_dir(kb), force=self.force)
+        if path is None:
+            return None, why
+        model = self._models.get(path)
+        if model is None:
+            with self._lock:
+                model = self._models.get(path)
+                if model is None:
+                    model = CrossEncoderReranker(str(path), batch_size=self.settings.rerank_batch_size,
+                                                 max_length=self.settings.kb_reranker_max_length,
+                                                 device=self.settings.device)
+                    model.load()
+                    self._models[path] = model
+        return model, "ok"
+
+    def score(self, query: str, docs: list[str]) -> list[float]:
+        """Not used: the query path scores with ``for_kb(kb)``'s model.
+
+        Raises:
+            BackendError: always.
+        """
+        raise BackendError("the kb reranker scores per knowledge base: call for_kb(kb) first")
+
+    def describe(self) -> dict[str, Any]:
+        """Backend and the KB models loaded so far."""
+        return {"backend": "kb", "enabled": True, "model_id": self.model_id,
+                "loaded": sorted(str(p) for p in self._models)}

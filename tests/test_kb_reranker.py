@@ -1,0 +1,139 @@
+"""The ``kb`` reranker: each KB's own cross-encoder, trained from its variants, used only if it helps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kbsearch.config import Settings
+from kbsearch.embed.fake import HashEmbedder
+from kbsearch.finetune.kb import MIN_VARIANTS, self_check, train_kb_reranker
+from kbsearch.index.builder import build_index
+from kbsearch.rerank import make_reranker
+from kbsearch.rerank.kb import ACTIVE, RERANKERS, SKIP, KbReranker, active_kb_reranker
+from kbsearch.service.query import QueryEngine
+from support import entry, one_chunk
+
+TOPICS = {
+    "退款": ["怎么申请退款", "退款多久到账", "退款进度在哪里看", "申请退款的入口", "退钱要几天", "如何退款"],
+    "密码": ["忘记登录密码怎么办", "如何重置密码", "密码找回", "改密码在哪里", "登录密码忘了", "密码怎么修改"],
+    "发票": ["怎么开发票", "发票在哪里下载", "电子发票怎么开", "补开发票", "发票抬头填错了", "如何申请发票"],
+    "物流": ["快递到哪了", "怎么查物流", "包裹一直没更新", "物流信息在哪看", "快递单号在哪", "查询配送进度"],
+    "会员": ["会员怎么开通", "会员有什么权益", "会员续费", "取消会员自动续费", "会员到期时间", "会员积分怎么用"],
+    "地址": ["修改收货地址", "地址写错了", "怎么改地址", "新增收货地址", "默认地址设置", "删除地址"],
+    "优惠券": ["优惠券怎么用", "优惠券过期了", "领取优惠券", "优惠券不能用", "优惠券在哪", "满减券使用规则"],
+    "客服": ["怎么联系客服", "人工客服电话", "客服工作时间", "在线客服入口", "投诉客服", "转人工"],
+    "账号": ["注销账号", "账号被冻结", "换绑手机号", "账号安全", "实名认证", "账号申诉"],
+}
+
+
+def _kb(tmp_path, variants: bool = True) -> Settings:
+    settings = Settings(home=tmp_path / "home", embed_backend="hash", kb_reranker_epochs=1)
+    entries = [entry(f"t{i}", qs[0], f"{t}：请在App里按提示操作。", variants=tuple(qs[1:]) if variants else ())
+               for i, (t, qs) in enumerate(TOPICS.items())]
+    build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    return settings
+
+
+def _engine(settings: Settings, reranker) -> QueryEngine:
+    engine = QueryEngine(settings, HashEmbedder(dim=64), reranker)
+    engine.load()
+    return engine
+
+
+def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
+    held = [("a", "q1", {"b": "doc b", "a": "doc a"}), ("b", "q2", {"b": "doc b", "a": "doc a"})]
+
+    def oracle(q, docs):
+        own = "doc a" if q == "q1" else "doc b"
+        return [1.0 if d == own else 0.0 for d in docs]
+
+    good = self_check(oracle, held, top_k=10)
+    assert good["first_stage_top1"] == 0.5 and good["reranked_top1"] == 1.0 and good["use"] is True
+    tie = self_check(lambda q, docs: [1.0, 0.0], held, top_k=10)  # always the first-stage order
+    assert tie["reranked_top1"] == tie["first_stage_top1"] == 0.5 and tie["use"] is False
+    assert "does not help" in tie["reason"]
+    # The window is the reranker's: with top_k 1 it can only agree with the first stage.
+    assert self_check(oracle, held, top_k=1)["use"] is False
+
+
+def test_active_kb_reranker_explains_every_state(tmp_path):
+    kb_dir = tmp_path / "kb"
+    assert active_kb_reranker(kb_dir)[0] is None and "no KB reranker trained yet" in active_kb_reranker(kb_dir)[1]
+    folder = kb_dir / RERANKERS
+    folder.mkdir(parents=True)
+    (folder / SKIP).write_text("no KB reranker: the KB has 3 variants\n")
+    assert active_kb_reranker(kb_dir) == (None, "no KB reranker: the KB has 3 variants")
+    (folder / ACTIVE).write_text("k1\n")
+    assert "incomplete" in active_kb_reranker(kb_dir)[1]
+    (folder / "k1").mkdir()
+    card = folder / "k1" / "kbsearch_pair_model.json"
+    card.write_text(json.dumps({"self_check": {"use": False, "reason": "reranked 0.2 vs first stage 0.6"}}))
+    assert active_kb_reranker(kb_dir) == (None, "KB reranker off: reranked 0.2 vs first stage 0.6")
+    assert active_kb_reranker(kb_dir, force=True) == (folder / "k1", "ok")
+    card.write_text(json.dumps({"self_check": {"use": True}}))
+    assert active_kb_reranker(kb_dir) == (folder / "k1", "ok")
+
+
+def test_kb_reranker_is_the_default_backend():
+    assert Settings().rerank_backend == "kb" and isinstance(make_reranker(Settings()), KbReranker)
+
+
+def test_a_kb_without_enough_variants_gets_no_reranker_and_says_why(tmp_path):
+    settings = _kb(tmp_path, variants=False)
+    result = train_kb_reranker(settings, "default", progress=False, say=lambda line: None)
+    assert result.folder is None and not result.trained
+    assert f"at least {MIN_VARIANTS}" in (settings.kb_dir("default") / RERANKERS / SKIP).read_text()
+    engine = _engine(settings, KbReranker(settings))
+    answer = engine.ask("怎么申请退款")
+    assert answer.mode == "vector" and answer.answered
+    assert any(f"needs at least {MIN_VARIANTS}" in n and "stage skipped" in n for n in answer.notes)
+    assert f"needs at least {MIN_VARIANTS}" in engine.status()["kbs"]["default"]["reranker"]
+
+
+def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_path):
+    settings = _kb(tmp_path)
+    lines: list[str] = []
+    first = train_kb_reranker(settings, "default", progress=False, say=lines.append)
+    assert first.trained and first.folder is not None and first.folder.parent.name == RERANKERS
+    card = json.loads((first.folder / "kbsearch_pair_model.json").read_text())
+    check = card["self_check"]
+    assert card["complete"] and check["variants"] == 20 and isinstance(check["use"], bool)
+    assert check["use"] == (check["reranked_top1"] > check["first_stage_top1"])
+    assert "kb 'default'" in card["data"][0] and "held-out variants" in card["data"][1]
+    assert (settings.kb_dir("default") / RERANKERS / ACTIVE).read_text().strip() == first.folder.name
+    assert any("KB reranker trained" in line for line in lines)
+
+    again = train_kb_reranker(settings, "default", progress=False, say=lines.append)
+    assert again.folder == first.folder and not again.trained and again.self_check == check
+
+    # Served as the card says: a failed self-check skips the stage (and says why) ...
+    answer = _engine(settings, KbReranker(settings)).ask("退款多久能到账")
+    if not check["use"]:
+        assert answer.mode == "vector" and any("KB reranker off" in n for n in answer.notes)
+    # ... and a model in use (forced here) reranks the candidates with the trained cross-encoder.
+    forced = _engine(settings, KbReranker(settings, force=True)).ask("退款多久能到账")
+    assert forced.mode == "rerank" and all(0.0 <= h.score <= 1.0 for h in forced.hits)
+    assert forced.hits[0].scores.rerank == forced.hits[0].score
+    card["self_check"]["use"] = True
+    (first.folder / "kbsearch_pair_model.json").write_text(json.dumps(card))
+    assert _engine(settings, KbReranker(settings)).ask("退款多久能到账").mode == "rerank"
+
+
+def test_a_kb_model_that_fails_to_load_degrades_to_the_first_stage(tmp_path):
+    settings = _kb(tmp_path)
+    folder = settings.kb_dir("default") / RERANKERS
+    (folder / "broken").mkdir(parents=True)
+    (folder / "broken" / "kbsearch_pair_model.json").write_text(json.dumps({"self_check": {"use": True}}))
+    (folder / ACTIVE).write_text("broken\n")
+    answer = _engine(settings, KbReranker(settings)).ask("怎么申请退款")
+    assert answer.degraded and answer.mode == "vector" and answer.answered
+    assert any("reranker failed" in n for n in answer.notes)
+
+
+def test_kb_reranker_score_is_not_called_directly(tmp_path):
+    from kbsearch.errors import BackendError
+
+    with pytest.raises(BackendError, match="for_kb"):
+        KbReranker(Settings(home=tmp_path)).score("q", ["d"])
