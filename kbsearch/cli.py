@@ -134,7 +134,8 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     recipe = Recipe(base=args.base or default_base(settings), method=args.method, max_length=args.max_length,
                     lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                     device=args.device or settings.device, max_train_pairs=args.max_train_pairs,
-                    early_stop_patience=args.patience, freeze_embeddings=not args.train_embeddings)
+                    early_stop_patience=args.patience, freeze_embeddings=not args.train_embeddings,
+                    balance=args.balance, save_half=args.fp16)
     if args.lora_r:
         recipe.lora_r = args.lora_r
     recipe.check()
@@ -342,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-embeddings", action="store_true",
                    help="full method: also train the token embeddings (frozen by default: faster, and they "
                    "are most of e5-small's parameters)")
+    s.add_argument("--balance", action="store_true",
+                   help="weight positive pairs by negatives/positives in the loss (imbalanced data, e.g. AFQMC)")
+    s.add_argument("--fp16", action="store_true", help="save the final weights in fp16 (half the disk)")
     s.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the device setting)")
     s.set_defaults(func=cmd_finetune)
     return p

@@ -209,6 +209,25 @@ def test_training_is_deterministic_for_a_seed(bert_base, tmp_path):
     assert runs[0].history[-1]["dev_loss"] == runs[1].history[-1]["dev_loss"]
 
 
+def test_balance_weights_positives_and_fp16_halves_the_saved_weights(bert_base, tmp_path):
+    from safetensors.torch import load_file
+
+    # 1 positive : 3 negatives. Balanced, the untrained model's loss counts positives 3x: the first
+    # dev loss differs from the unbalanced run on the same seed, and both runs still train.
+    pairs = [p for p in make_pairs(200, 1) if p.label == 1][:16] + [p for p in make_pairs(200, 1) if p.label == 0][:48]
+    plain = finetune(recipe(bert_base, epochs=1), pairs, pairs, tmp_path / "plain", progress=False)
+    balanced = finetune(recipe(bert_base, epochs=1, balance=True, save_half=True), pairs, pairs, tmp_path / "bal",
+                        progress=False)
+    assert balanced.history[0]["dev_loss"] != plain.history[0]["dev_loss"]
+    assert read_card(tmp_path / "bal")["recipe"]["balance"] is True
+    halves = load_file(tmp_path / "bal" / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in halves.values())
+    assert all(t.dtype == torch.float32 for t in load_file(tmp_path / "plain" / "model.safetensors").values())
+    ce = CrossEncoderReranker(str(tmp_path / "bal"), batch_size=8, max_length=32, device="cpu")
+    ce.load()  # fp16 on disk, fp32 on CPU
+    assert 0.0 <= ce.score("怎么退货", ["如何申请退货"])[0] <= 1.0
+
+
 def test_early_stopping_keeps_the_best_epoch(bert_base, tmp_path):
     r = finetune(recipe(bert_base, epochs=30, early_stop_patience=2, lr=5e-3), make_pairs(160, 1),
                  make_pairs(40, 2), tmp_path / "m", progress=False)
@@ -266,9 +285,10 @@ def test_variant_pairs_use_vector_ranked_hard_negatives(tmp_path):
         for other, sim in enumerate((vecs @ vecs[r]).tolist()):
             if other != r and build.rows[other].faq_id != row.faq_id:
                 best[build.rows[other].faq_id] = max(sim, best.get(build.rows[other].faq_id, -2.0))
-        want = sorted(best, key=lambda f: -best[f])[:2]
-        got = [p.b for p in pairs if p.a == row.text and p.label == 0]
-        assert got == [docs[f] for f in want]
+        want = sorted(best.values(), reverse=True)[:2]
+        by_doc = {d: f for f, d in docs.items()}
+        got = [by_doc[p.b] for p in pairs if p.a == row.text and p.label == 0]
+        assert [best[f] for f in got] == pytest.approx(want)  # the two nearest other FAQs (ties either way)
     # The question-question view: the positive is the FAQ's nearest other phrasing, never the variant itself.
     qq = variant_pairs(settings, "default", negatives=2, doc="question", max_variants=3)
     assert len([p for p in qq if p.label == 1]) == 3

@@ -121,6 +121,31 @@ def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_pat
     assert _engine(settings, KbReranker(settings)).ask("退款多久能到账").mode == "rerank"
 
 
+def test_eval_shows_the_served_and_the_forced_kb_reranker(tmp_path):
+    from kbsearch.eval import run_eval
+    from kbsearch.eval.run import EvalQuery
+
+    settings = _kb(tmp_path)
+    folder = train_kb_reranker(settings, "default", progress=False, say=lambda line: None).folder
+    card_path = folder / "kbsearch_pair_model.json"
+    card = json.loads(card_path.read_text())
+    queries = [EvalQuery(qid=str(i), query=qs[1] + "？", gold=(f"t{i}",)) for i, qs in enumerate(TOPICS.values())]
+
+    def names(use: bool) -> dict:
+        card["self_check"]["use"] = use
+        card_path.write_text(json.dumps(card))
+        report = run_eval(settings, "default", queries, HashEmbedder(dim=64), KbReranker(settings),
+                          first_stages=("vector", "fused"))
+        return {r.name: r for r in report.results}
+
+    off = names(False)
+    assert set(off) == {"vector", "fused", "fused+rerank", "fused+rerank-forced"}
+    assert off["fused+rerank"].top1 == off["fused"].top1 and off["fused+rerank-forced"].reranker == "kb (forced)"
+    assert "rerank" in off["fused+rerank-forced"].latency_ms and "rerank" not in off["fused+rerank"].latency_ms
+    on = names(True)
+    assert set(on) == {"vector", "fused", "fused+rerank"} and "rerank" in on["fused+rerank"].latency_ms
+
+
 def test_a_kb_model_that_fails_to_load_degrades_to_the_first_stage(tmp_path):
     settings = _kb(tmp_path)
     folder = settings.kb_dir("default") / RERANKERS

@@ -137,7 +137,8 @@ class EvalReport:
 
     def render(self) -> str:
         """A fixed-width table, one row per configuration."""
-        head = (f"{'config':<16}{'top1':>7}{'R@3':>7}{'R@50':>7}{'MRR@10':>8}{'ans.prec':>9}{'cover':>7}"
+        w = max([16] + [len(r.name) + 3 for r in self.results])
+        head = (f"{'config':<{w}}{'top1':>7}{'R@3':>7}{'R@50':>7}{'MRR@10':>8}{'ans.prec':>9}{'cover':>7}"
                 f"{'OOS h/o':>8}{'p50 ms':>8}{'p95 ms':>8}")
         lines = [f"{self.dataset} ({self.queries_file}): {self.results[0].queries if self.results else 0} queries, "
                  f"{self.machine}, {self.date}", head, "-" * len(head)]
@@ -148,7 +149,7 @@ class EvalReport:
         for r in self.results:
             total = r.latency_ms.get("total", {})
             name = r.name + (" *" if r.name == self.default else "")
-            lines.append(f"{name:<16}{f(r.top1):>7}{f(r.recall_at_3):>7}{f(r.recall_at_50):>7}{f(r.mrr_at_10):>8}"
+            lines.append(f"{name:<{w}}{f(r.top1):>7}{f(r.recall_at_3):>7}{f(r.recall_at_50):>7}{f(r.mrr_at_10):>8}"
                          f"{f(r.answered_precision):>9}{f(r.coverage):>7}{f(r.oos_handoff_rate):>8}"
                          f"{total.get('p50', 0):>8.1f}{total.get('p95', 0):>8.1f}")
         lines.append(f"question embedding (batched, shared by all configs): {self.embed_ms_per_query:.1f} ms/query; "
