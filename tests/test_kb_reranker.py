@@ -162,3 +162,22 @@ def test_kb_reranker_score_is_not_called_directly(tmp_path):
 
     with pytest.raises(BackendError, match="for_kb"):
         KbReranker(Settings(home=tmp_path)).score("q", ["d"])
+
+
+def test_a_failed_training_keeps_the_kb_served_without_a_reranker(tmp_path, monkeypatch):
+    import kbsearch.finetune.kb as kb_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    settings = _kb(tmp_path)
+    monkeypatch.setattr(kb_module, "finetune", boom)
+    lines: list[str] = []
+    result = train_kb_reranker(settings, "default", progress=False, say=lines.append)
+    assert result.folder is None and "training failed: RuntimeError: out of memory" in result.self_check["reason"]
+    folder = settings.kb_dir("default") / RERANKERS
+    assert not (folder / ACTIVE).exists() and not [p for p in folder.iterdir() if p.is_dir()]
+    assert "out of memory" in active_kb_reranker(settings.kb_dir("default"))[1]
+    assert any("served by its first stage" in line for line in lines)
+    answer = _engine(settings, KbReranker(settings)).ask("怎么申请退款")
+    assert answer.answered and answer.mode == "vector" and not answer.degraded

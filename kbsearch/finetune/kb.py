@@ -114,6 +114,14 @@ def _skip(folder: Path, reason: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _write_atomic(folder / SKIP, reason + "\n")
     (folder / ACTIVE).unlink(missing_ok=True)
+    _prune(folder, keep=None)
+
+
+def _prune(folder: Path, keep: str | None) -> None:
+    """One model per KB on disk: remove the others (a served one is already loaded in memory)."""
+    for old in folder.iterdir():
+        if old.is_dir() and old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
@@ -167,11 +175,18 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
         shutil.rmtree(tmp, ignore_errors=True)
         say(f"training the KB reranker for {kb!r}: {len(train)} pairs from {len(train_variants)} variants, "
             f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER_MAX_VARIANTS=0 to skip)")
-        result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
-        model = CrossEncoderReranker(str(tmp), batch_size=settings.rerank_batch_size,
-                                     max_length=settings.kb_reranker_max_length, device=settings.device)
-        model.load()
-        check = self_check(model.score, held_out, settings.rerank_top_k)
+        try:
+            result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
+            model = CrossEncoderReranker(str(tmp), batch_size=settings.rerank_batch_size,
+                                         max_length=settings.kb_reranker_max_length, device=settings.device)
+            model.load()
+            check = self_check(model.score, held_out, settings.rerank_top_k)
+        except Exception as exc:  # the build is already served: a failed reranker must not fail the ingest
+            shutil.rmtree(tmp, ignore_errors=True)
+            why = f"training failed: {type(exc).__name__}: {exc}"
+            _skip(folder, f"no KB reranker: {why}")
+            say(f"KB reranker for {kb!r} not trained ({why}); the KB is served by its first stage")
+            return KbRerankerResult(None, False, time.perf_counter() - t0, {"use": False, "reason": why})
         card = json.loads((tmp / CARD).read_text(encoding="utf-8"))
         card["self_check"] = check
         card["seconds"] = result.seconds
@@ -181,9 +196,7 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
     check = card["self_check"]
     _write_atomic(folder / ACTIVE, key + "\n")
     (folder / SKIP).unlink(missing_ok=True)
-    for old in folder.iterdir():  # one model per KB on disk (a served one is already loaded in memory)
-        if old.is_dir() and old.name != key:
-            shutil.rmtree(old, ignore_errors=True)
+    _prune(folder, keep=key)
     say(f"KB reranker {'trained' if trained else 'reused'} ({out}): {check['reason']}; "
         f"{'in use' if check['use'] else 'not used'}")
     return KbRerankerResult(out, trained, time.perf_counter() - t0, check)
