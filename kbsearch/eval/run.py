@@ -252,10 +252,11 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
     rerankers: list[tuple[str, str, Reranker]] = [("", "none", NoReranker())]
     if reranker.enabled:
         rerankers.append(("+rerank", reranker.model_id, reranker))
-        if isinstance(reranker, KbReranker) and not reranker.force:
-            if active_kb_reranker(settings.kb_dir(kb))[0] is None and active_kb_reranker(settings.kb_dir(kb), force=True)[0] is not None:
-                # Served without the stage (its self-check failed); measure what it would have done.
-                rerankers.append(("+rerank-forced", "kb (forced)", KbReranker(settings, force=True)))
+        kb_dir = settings.kb_dir(kb)
+        if isinstance(reranker, KbReranker) and not reranker.force and active_kb_reranker(kb_dir)[0] is None \
+                and active_kb_reranker(kb_dir, force=True)[0] is not None:
+            # Served without the stage (its self-check failed): measure what it would have done.
+            rerankers.append(("+rerank-forced", "kb (forced)", KbReranker(settings, force=True)))
     results: list[ConfigResult] = []
     merged: dict[str, str] | None = None
     for stage in first_stages:

@@ -70,6 +70,7 @@ class KbReranker:
         self.settings = settings
         self.force = force  # use a KB's model even where its self-check failed (``kbsearch eval`` shows both)
         self._models: dict[Path, CrossEncoderReranker] = {}
+        self._resolved: dict[Path, tuple[int, tuple[Path | None, str]]] = {}  # kb dir -> (folder mtime, answer)
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -81,7 +82,7 @@ class KbReranker:
         Raises:
             BackendError (or another ``kbsearch.errors`` error): the KB's model failed to load.
         """
-        path, why = active_kb_reranker(self.settings.kb_dir(kb), force=self.force)
+        path, why = self.resolve(self.settings.kb_dir(kb))
         if path is None:
             return None, why
         model = self._models.get(path)
@@ -95,6 +96,19 @@ class KbReranker:
                     model.load()
                     self._models[path] = model
         return model, "ok"
+
+    def resolve(self, kb_dir: Path) -> tuple[Path | None, str]:
+        """``active_kb_reranker`` for this reranker's ``force``, re-read only when the rerankers folder
+        changes (training switches models by replacing files in it): one stat per question."""
+        try:
+            mtime = (Path(kb_dir) / RERANKERS).stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = -1
+        cached = self._resolved.get(kb_dir)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, active_kb_reranker(kb_dir, force=self.force))
+            self._resolved[kb_dir] = cached
+        return cached[1]
 
     def score(self, query: str, docs: list[str]) -> list[float]:
         """Not used: the query path scores with ``for_kb(kb)``'s model.

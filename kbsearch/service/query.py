@@ -30,7 +30,7 @@ from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.store import THRESHOLDS, Build, active_build_id, load_build, read_thresholds
 from kbsearch.rerank.base import Reranker
-from kbsearch.rerank.kb import KB_RERANKER_DOC, KbReranker, active_kb_reranker
+from kbsearch.rerank.kb import KB_RERANKER_DOC, KbReranker
 from kbsearch.service.handoff import handoff_for
 from kbsearch.types import Answer, FaqEntry, Hit, IndexRow, Mode, Scores
 
@@ -215,7 +215,7 @@ class QueryEngine:
         """With the kb backend: which trained model serves ``kb``, or why none does."""
         if not isinstance(self.reranker, KbReranker):
             return {}
-        path, why = active_kb_reranker(self.settings.kb_dir(kb))
+        path, why = self.reranker.resolve(self.settings.kb_dir(kb))
         return {"reranker": f"ok: {path}" if path is not None else why}
 
     # ---------------------------------------------------------------- asking
