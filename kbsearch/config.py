@@ -140,8 +140,8 @@ class Settings(BaseSettings):
     bm25_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from BM25 on the fallback path.")
     rerank_top_k: int = Field(
         10, ge=1, le=1000,
-        description="Candidate FAQs passed to the reranker. 10 keeps the embedded e5-small cross-encoder under "
-        "200 ms p95 per question on 2 CPU cores (50 costs ~0.5-0.8 s there); on a GPU with Qwen3-Reranker use 50.",
+        description="Candidate FAQs passed to the reranker. With 10, the embedded e5-small cross-encoder costs about "
+        "150-220 ms p95 per question on 2 CPU cores (50 costs ~0.6 s p95 there); on a GPU with Qwen3-Reranker use 50.",
     )
     top_k: int = Field(3, ge=1, le=20, description="Results returned by default.")
     threshold_rerank: float = Field(0.5, ge=0.0, le=1.0, description="Min reranker P(yes)/probability to answer.")
