@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA (peft) or full fine-tuning; auto = LoRA above 300M parameters")
     s.add_argument("--lora-r", type=int, default=0, help="LoRA rank (default 8)")
     s.add_argument("--max-length", type=int, default=64)
-    s.add_argument("--lr", type=float, default=1e-4)
+    s.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 1e-4 for LoRA, the reference recipe; 3e-5 for full fine-tuning)")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--epochs", type=int, default=15)
     s.add_argument("--patience", type=int, default=3, help="early stop after this many epochs without dev F1 gain")

@@ -249,6 +249,17 @@ def test_lora_on_a_qwen3_style_base_trains_only_adapters_and_merges(qwen3_base, 
     assert "lora" not in " ".join(ce._model.model.state_dict().keys())
 
 
+@pytest.mark.parametrize(("method", "lr"), [("full", 3e-5), ("lora", 1e-4)])
+def test_an_unset_learning_rate_follows_the_method(bert_base, tmp_path, method, lr):
+    if method == "lora":
+        pytest.importorskip("peft")
+    r = finetune(recipe(bert_base, method=method, lr=None, epochs=1), make_pairs(32, 1), make_pairs(16, 2),
+                 tmp_path / "m", progress=False)
+    card = read_card(r.out)
+    assert card["method"] == method and card["recipe"]["lr"] == lr
+    assert f"lr {lr}" in (r.out / "README.md").read_text(encoding="utf-8")
+
+
 def test_bad_recipe_and_data_are_refused(bert_base, tmp_path):
     with pytest.raises(BadInputError, match="'lr'"):
         finetune(recipe(bert_base, lr=0), make_pairs(8, 1), make_pairs(4, 2), tmp_path / "a", progress=False)

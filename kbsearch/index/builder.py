@@ -57,7 +57,7 @@ def embed_rows(embedder: Embedder, rows: list[IndexRow], batch_size: int, *, que
     if progress and len(rows) > batch_size:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(rows), desc="embed", unit="row", leave=False)
+        bar = tqdm(total=len(rows), desc="embed", unit="row", leave=False, disable=None)  # None: no bar off a TTY
     for flag, embed in ((True, embedder.embed_queries), (False, embedder.embed_documents)):
         idx = np.flatnonzero(as_query == flag)
         for i in range(0, len(idx), batch_size):

@@ -64,7 +64,7 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], 
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit="row", file=sys.stderr, leave=False, disable=None) as bar:  # no bar off a TTY
         yield bar.update
 
 
