@@ -43,7 +43,8 @@ def _engine(settings: Settings, reranker) -> QueryEngine:
 
 
 def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
-    held = [("a", "q1", {"b": "doc b", "a": "doc a"}), ("b", "q2", {"b": "doc b", "a": "doc a"})]
+    held = [("a", "q1", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8}),
+            ("b", "q2", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8})]
 
     def oracle(q, docs):
         own = "doc a" if q == "q1" else "doc b"
@@ -56,6 +57,21 @@ def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
     assert "does not help" in tie["reason"]
     # The window is the reranker's: with top_k 1 it can only agree with the first stage.
     assert self_check(oracle, held, top_k=1)["use"] is False
+
+
+def test_self_check_picks_the_blend_weight_where_the_reranker_alone_would_hurt():
+    docs = {"b": "doc b", "a": "doc a", "c": "doc c"}
+    held = [("a", "near tie", docs, {"b": 0.90, "a": 0.89, "c": 0.50}),  # first stage wrong by a hair
+            ("b", "clear", docs, {"b": 0.90, "a": 0.70, "c": 0.60})]  # first stage right by a margin
+    probs = {"near tie": [0.5, 0.6, 0.9], "clear": [0.4, 0.5, 0.5]}  # alone, the reranker misses both
+
+    check = self_check(lambda q, d: probs[q], held, top_k=10)
+    assert check["by_weight"]["1.0"] == 0.0 and check["first_stage_top1"] == 0.5
+    assert check["weight"] == 0.2 and check["reranked_top1"] == 1.0 and check["use"] is True
+    assert "blend weight 0.2" in check["reason"]
+    # Blending is on standardised scores: rescaling the first stage's scores changes nothing.
+    scaled = [(o, t, d, {k: 40 * v - 7 for k, v in sims.items()}) for o, t, d, sims in held]
+    assert self_check(lambda q, d: probs[q], scaled, top_k=10)["by_weight"] == check["by_weight"]
 
 
 def test_active_kb_reranker_explains_every_state(tmp_path):
@@ -112,13 +128,26 @@ def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_pat
     answer = _engine(settings, KbReranker(settings)).ask("退款多久能到账")
     if not check["use"]:
         assert answer.mode == "vector" and any("KB reranker off" in n for n in answer.notes)
-    # ... and a model in use (forced here) reranks the candidates with the trained cross-encoder.
-    forced = _engine(settings, KbReranker(settings, force=True)).ask("退款多久能到账")
-    assert forced.mode == "rerank" and all(0.0 <= h.score <= 1.0 for h in forced.hits)
-    assert forced.hits[0].scores.rerank == forced.hits[0].score
-    card["self_check"]["use"] = True
-    (first.folder / "kbsearch_pair_model.json").write_text(json.dumps(card))
-    assert _engine(settings, KbReranker(settings)).ask("退款多久能到账").mode == "rerank"
+    # ... and a model in use (forced here) reranks the candidates with the trained cross-encoder,
+    # blended with the first stage at the weight its self-check chose (weight 1: the model alone decides).
+    forced = _engine(settings, KbReranker(settings, force=True)).ask("退款多久能到账", explain=True)
+    assert forced.explain["rerank_weight"] == check["weight"] and forced.hits[0].scores.rerank is not None
+    if check["weight"] >= 1.0:
+        assert forced.mode == "rerank" and forced.hits[0].scores.rerank == forced.hits[0].score
+    else:
+        assert forced.mode == "vector" and any("blended" in n for n in forced.notes)
+
+    def served(weight: float):
+        card["self_check"].update(use=True, weight=weight)
+        (first.folder / "kbsearch_pair_model.json").write_text(json.dumps(card))
+        return _engine(settings, KbReranker(settings)).ask("退款多久能到账", explain=True)
+
+    alone = served(1.0)
+    assert alone.mode == "rerank" and all(0.0 <= h.score <= 1.0 for h in alone.hits)
+    blended = served(0.3)
+    assert blended.mode == "vector" and blended.explain["rerank_weight"] == 0.3
+    assert any("KB reranker blended with the vector score (weight 0.3)" in n for n in blended.notes)
+    assert blended.hits[0].score == blended.hits[0].scores.vector and blended.hits[0].scores.rerank is not None
 
 
 def test_eval_shows_the_served_and_the_forced_kb_reranker(tmp_path):

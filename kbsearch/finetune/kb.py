@@ -3,8 +3,9 @@
 The variants are split by phrasing (seeded): most train, a held-out share is both the dev split of
 ``finetune`` (early stopping, dev F1) and the **self-check**. For every held-out variant, its stored
 vector searches the build with its own row excluded; the first stage's answer is the best FAQ found,
-the reranked answer is the best of the first ``rerank_top_k`` FAQs by the trained model. The model is
-used for the KB only when the reranked answers are right more often than the first stage's, so a
+the reranked answer is the best of the first ``rerank_top_k`` FAQs by ``blend`` of the first-stage
+score and the trained model's, for each weight in ``BLEND_WEIGHTS``. The best weight is kept, and the
+model is used for the KB only when its answers are right more often than the first stage's, so a
 reranker that does not help is never switched on. The self-check ranks by plain vector similarity
 (the stored vectors), not the full ``fused`` first stage; ``kbsearch eval`` measures the real pair.
 
@@ -29,7 +30,7 @@ from kbsearch.config import Settings
 from kbsearch.errors import BadInputError
 from kbsearch.finetune.pairs import Pair, kb_pairs
 from kbsearch.finetune.train import CARD, Recipe, finetune, read_card
-from kbsearch.rerank.kb import ACTIVE, KB_RERANKER_DOC, RERANKERS, SKIP
+from kbsearch.rerank.kb import ACTIVE, BLEND_WEIGHTS, KB_RERANKER_DOC, RERANKERS, SKIP, blend
 
 #: Share of the sampled variants held out for the dev split and the self-check (at least 20 phrasings).
 CHECK_SHARE = 0.15
@@ -48,9 +49,14 @@ class KbRerankerResult:
     self_check: dict[str, Any]
 
 
-def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list[tuple[str, str, dict[str, str]]]:
-    """For each variant row: ``(faq_id, text, docs)`` with ``docs`` = FAQ id -> the text the reranker reads,
-    in the order the variant's stored vector ranks them (its own row excluded), its own FAQ included.
+Mined = tuple[str, str, dict[str, str], dict[str, float]]
+
+
+def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list[Mined]:
+    """For each variant row: ``(faq_id, text, docs, scores)`` with ``docs`` = FAQ id -> the text the reranker
+    reads, in the order the variant's stored vector ranks them (its own row excluded), its own FAQ included,
+    and ``scores`` = FAQ id -> that vector similarity (the first-stage score; absent for its own FAQ when
+    the search did not reach it).
 
     ``doc`` = ``faq``: question + answer; ``question``: the FAQ's best-matching other phrasing (its question
     when no phrasing is near), which is what the query path shows a question-question reranker.
@@ -58,7 +64,7 @@ def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list
     from kbsearch.service.query import rerank_doc
 
     k = min(len(build.rows), 64 + 8 * negatives)
-    _, hits = build.vectors.search(build.vectors.vectors(rows), k)
+    sims, hits = build.vectors.search(build.vectors.vectors(rows), k)
 
     def text_of(faq_id: str, row: int | None) -> str:
         entry = build.entries[faq_id]
@@ -67,15 +73,17 @@ def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list
         return build.rows[row].text if row is not None and build.rows[row].kind != "chunk" else entry.question
 
     out = []
-    for r, found in zip(rows, hits.tolist()):
+    for r, found, found_sims in zip(rows, hits.tolist(), sims.tolist()):
         best: dict[str, int] = {}  # FAQ id -> its best row, in rank order
-        for h in found:
-            if h >= 0 and h != r and build.rows[h].faq_id in build.entries:
-                best.setdefault(build.rows[h].faq_id, h)
+        scores: dict[str, float] = {}
+        for h, sim in zip(found, found_sims):
+            if h >= 0 and h != r and build.rows[h].faq_id in build.entries and build.rows[h].faq_id not in best:
+                best[build.rows[h].faq_id] = h
+                scores[build.rows[h].faq_id] = float(sim)
         own = build.rows[r].faq_id
         docs = {fid: text_of(fid, row) for fid, row in best.items()}
         docs.setdefault(own, text_of(own, None))
-        out.append((own, build.rows[r].text, docs))
+        out.append((own, build.rows[r].text, docs, scores))
     return out
 
 
@@ -87,21 +95,31 @@ def variant_rows(build: Any, max_variants: int, seed: int) -> list[int]:
     return rows
 
 
-def self_check(score: Callable[[str, list[str]], list[float]], held_out: list[tuple[str, str, dict[str, str]]],
-               top_k: int) -> dict[str, Any]:
-    """Top-1 of the first stage and of the reranked top ``top_k`` on held-out variants; ``use`` if better."""
-    first = reranked = 0
-    for own, text, docs in held_out:
+def self_check(score: Callable[[str, list[str]], list[float]], held_out: list[Mined], top_k: int,
+               weights: tuple[float, ...] = BLEND_WEIGHTS) -> dict[str, Any]:
+    """Top-1 of the first stage and of the reranked top ``top_k`` on held-out variants, per blend weight.
+
+    The best weight is kept (the smallest among ties); ``use`` when it beats the first stage.
+    """
+    first = 0
+    right = dict.fromkeys(weights, 0)
+    for own, text, docs, sims in held_out:
         ids = list(docs)[:top_k]
         first += ids[0] == own
-        scores = score(text, [docs[f] for f in ids])
-        reranked += ids[max(range(len(ids)), key=lambda i: scores[i])] == own
+        probs = score(text, [docs[f] for f in ids])
+        floor = min(sims.values(), default=0.0)  # own FAQ beyond the search: ranked last
+        for w in weights:
+            keys = blend([sims.get(f, floor) for f in ids], probs, w)
+            right[w] += ids[max(range(len(ids)), key=lambda i: keys[i])] == own
     n = len(held_out)
+    weight = max(weights, key=lambda w: (right[w], -w))
+    reranked = right[weight]
     use = reranked > first
     return {"variants": n, "top_k": top_k, "first_stage_top1": round(first / n, 4),
-            "reranked_top1": round(reranked / n, 4), "use": use,
-            "reason": (f"reranked top-1 {reranked / n:.3f} vs first stage {first / n:.3f} on {n} held-out variants"
-                       + ("" if use else ": the reranker does not help this KB"))}
+            "reranked_top1": round(reranked / n, 4), "weight": weight, "use": use,
+            "by_weight": {str(w): round(right[w] / n, 4) for w in weights},
+            "reason": (f"reranked top-1 {reranked / n:.3f} (blend weight {weight}) vs first stage {first / n:.3f} "
+                       f"on {n} held-out variants" + ("" if use else ": the reranker does not help this KB"))}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -169,6 +187,13 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
     out = folder / key
     card = read_card(out)
     trained = False
+
+    def check_model(path: Path) -> dict[str, Any]:
+        model = CrossEncoderReranker(str(path), batch_size=settings.rerank_batch_size,
+                                     max_length=settings.kb_reranker_max_length, device=settings.device)
+        model.load()
+        return self_check(model.score, held_out, settings.rerank_top_k)
+
     if card is None or not card.get("complete") or "self_check" not in card:
         shutil.rmtree(out, ignore_errors=True)
         tmp = folder / f".training-{key}"
@@ -177,10 +202,7 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
             f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER_MAX_VARIANTS=0 to skip)")
         try:
             result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
-            model = CrossEncoderReranker(str(tmp), batch_size=settings.rerank_batch_size,
-                                         max_length=settings.kb_reranker_max_length, device=settings.device)
-            model.load()
-            check = self_check(model.score, held_out, settings.rerank_top_k)
+            check = check_model(tmp)
         except Exception as exc:  # the build is already served: a failed reranker must not fail the ingest
             shutil.rmtree(tmp, ignore_errors=True)
             why = f"training failed: {type(exc).__name__}: {exc}"
@@ -193,6 +215,9 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
         _write_atomic(tmp / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
         os.replace(tmp, out)
         trained = True
+    elif "weight" not in card["self_check"]:  # checked before blend weights existed: check again, no retraining
+        card["self_check"] = check_model(out)
+        _write_atomic(out / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
     check = card["self_check"]
     _write_atomic(folder / ACTIVE, key + "\n")
     (folder / SKIP).unlink(missing_ok=True)

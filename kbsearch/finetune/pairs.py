@@ -87,17 +87,17 @@ def load_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
-def kb_pairs(variants: Iterable[tuple[str, str, dict[str, str]]], negatives: int = 3) -> list[Pair]:
+def kb_pairs(variants: Iterable[tuple], negatives: int = 3) -> list[Pair]:
     """Pairs from a knowledge base's own phrasings: positives and first-stage hard negatives.
 
     Args:
         variants: ``(faq_id, text, docs)`` per variant phrasing, where ``docs`` maps FAQ ids to the
             document the reranker reads for them, in the first stage's rank order, and includes
-            ``faq_id`` itself.
+            ``faq_id`` itself (further tuple items, such as first-stage scores, are ignored).
         negatives: Hard negatives per positive: the best-ranked FAQs other than the right one.
     """
     pairs: list[Pair] = []
-    for faq_id, text, docs in variants:
+    for faq_id, text, docs, *_ in variants:
         pairs.append(Pair(text, docs[faq_id], 1))
         wrong = [f for f in docs if f != faq_id][:negatives]
         pairs.extend(Pair(text, docs[f], 0) for f in wrong)

@@ -4,15 +4,18 @@
 bundled e5-small base on the KB's variants and their hard negatives (``kbsearch.finetune.kb``), and
 keeps it under ``indexes/<kb>/rerankers/<key>/``; ``ACTIVE`` names the one in use. Training is
 cached: the key is a hash of the training pairs, the recipe and the base, so re-ingesting the same
-variants reuses the model. Its card records a self-check on held-out variants; when reranking did not
-beat the first stage there (or the KB has no variants, so nothing was trained), the query path skips
-the stage for that KB and says why in the response notes.
+variants reuses the model. Its card records a self-check on held-out variants, which also picks the
+blend weight ``w``: the stage orders its window by ``blend`` of the first-stage score and the model's
+(``w`` = 1: the model alone). When no weight beat the first stage there (or the KB has no variants, so
+nothing was trained), the query path skips the stage for that KB and says why in the response notes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,35 @@ KB_RERANKER_DOC = "question"
 
 SKIP = "SKIP"
 """File in ``RERANKERS`` saying why the KB has no reranker in use (e.g. no variants)."""
+
+
+BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+"""Blend weights the self-check tries, smallest first (a tie keeps the one nearer the first stage)."""
+
+
+def blend(first: Sequence[float], probs: Sequence[float], weight: float) -> list[float]:
+    """Ordering keys for a window of candidates: ``(1 - w) * z(first) + w * z(logit(probs))``.
+
+    ``z`` standardises over the window (mean 0, s.d. 1), so the first stage's score scale (cosine,
+    linear fusion, RRF, BM25) does not matter and the self-check's weight, picked on vector scores,
+    carries over to the fused stage. ``weight`` 1: the reranker's order alone.
+    """
+    logits = [math.log(max(p, 1e-6) / max(1.0 - p, 1e-6)) for p in probs]
+    if weight >= 1.0:
+        return logits
+
+    def z(xs: Sequence[float]) -> list[float]:
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) or 1.0
+        return [(x - mean) / sd for x in xs]
+
+    return [(1.0 - weight) * a + weight * b for a, b in zip(z(first), z(logits))]
+
+
+def kb_reranker_weight(path: Path) -> float:
+    """The blend weight a KB reranker's self-check chose (1.0 for a card from before blending)."""
+    card = json.loads((Path(path) / "kbsearch_pair_model.json").read_text(encoding="utf-8"))
+    return float((card.get("self_check") or {}).get("weight", 1.0))
 
 
 def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | None, str]:
@@ -70,21 +102,22 @@ class KbReranker:
         self.settings = settings
         self.force = force  # use a KB's model even where its self-check failed (``kbsearch eval`` shows both)
         self._models: dict[Path, CrossEncoderReranker] = {}
+        self._weights: dict[Path, float] = {}
         self._resolved: dict[Path, tuple[int, tuple[Path | None, str]]] = {}  # kb dir -> (folder mtime, answer)
         self._lock = threading.Lock()
 
     def load(self) -> None:
         """Nothing to load up front: each KB's model loads on its first question."""
 
-    def for_kb(self, kb: str) -> tuple[CrossEncoderReranker | None, str]:
-        """The loaded reranker for ``kb``, or None and why the stage is skipped.
+    def for_kb(self, kb: str) -> tuple[CrossEncoderReranker | None, str, float]:
+        """The loaded reranker for ``kb`` and its blend weight, or None and why the stage is skipped.
 
         Raises:
             BackendError (or another ``kbsearch.errors`` error): the KB's model failed to load.
         """
         path, why = self.resolve(self.settings.kb_dir(kb))
         if path is None:
-            return None, why
+            return None, why, 0.0
         model = self._models.get(path)
         if model is None:
             with self._lock:
@@ -94,8 +127,9 @@ class KbReranker:
                                                  max_length=self.settings.kb_reranker_max_length,
                                                  device=self.settings.device)
                     model.load()
+                    self._weights[path] = kb_reranker_weight(path)
                     self._models[path] = model
-        return model, "ok"
+        return model, "ok", self._weights[path]
 
     def resolve(self, kb_dir: Path) -> tuple[Path | None, str]:
         """``active_kb_reranker`` for this reranker's ``force``, re-read only when the rerankers folder

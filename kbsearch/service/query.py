@@ -30,7 +30,7 @@ from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.store import THRESHOLDS, Build, active_build_id, load_build, read_thresholds
 from kbsearch.rerank.base import Reranker
-from kbsearch.rerank.kb import KB_RERANKER_DOC, KbReranker
+from kbsearch.rerank.kb import KB_RERANKER_DOC, KbReranker, blend, kb_reranker_weight
 from kbsearch.service.handoff import handoff_for
 from kbsearch.types import Answer, FaqEntry, Hit, IndexRow, Mode, Scores
 
@@ -70,6 +70,14 @@ def _trace_row(c: _Candidate, kind: str) -> dict[str, Any]:
     """One candidate as hit-testing shows it: which row matched, and its score."""
     return {"id": c.entry.id, "score": getattr(c, kind), "matched": c.row.kind, "chunk": c.row.chunk,
             "text": c.row.text[:200]}
+
+
+def _first_stage_score(c: _Candidate) -> float:
+    """The score the first stage ranked ``c`` by: fused (linear or RRF), else vector, else BM25."""
+    for score in (c.fused, c.vector, c.bm25):
+        if score is not None and np.isfinite(score):
+            return float(score)
+    return 0.0
 
 
 def rerank_doc(entry: FaqEntry) -> str:
@@ -216,7 +224,7 @@ class QueryEngine:
         if not isinstance(self.reranker, KbReranker):
             return {}
         path, why = self.reranker.resolve(self.settings.kb_dir(kb))
-        return {"reranker": f"ok: {path}" if path is not None else why}
+        return {"reranker": f"ok: {path} (blend weight {kb_reranker_weight(path)})" if path is not None else why}
 
     # ---------------------------------------------------------------- asking
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
@@ -309,15 +317,20 @@ class QueryEngine:
             notes.append(f"reranker unavailable, {mode} ranking used: {self.reranker_error}")
         elif cands:
             try:
-                reranker, doc, why = self._reranker_for(kb)
+                reranker, doc, why, weight = self._reranker_for(kb)
                 if reranker is None:
                     notes.append(f"reranker: {why} (stage skipped; {mode} score decides)")
                 else:
-                    self._rerank(reranker, doc, question, cands, build, timings)
-                    mode = "rerank"
+                    self._rerank(reranker, doc, question, cands, build, timings, weight)
+                    if weight < 1.0:  # a KB reranker blended with the first stage reorders; it does not decide
+                        notes.append(f"reranker: KB reranker blended with the {mode} score (weight {weight}); "
+                                     f"{mode} score decides")
+                    else:
+                        mode = "rerank"
                     if trace is not None:
                         trace["rerank"] = [{"id": c.entry.id, "score": c.rerank} for c in cands
                                            if c.rerank is not None]
+                        trace["rerank_weight"] = weight
             except Exception as exc:  # a reranker that is down must not fail the request
                 degraded = True
                 notes.append(f"reranker failed, {mode} ranking used: {type(exc).__name__}: {exc}")
@@ -468,19 +481,20 @@ class QueryEngine:
             c.bm25 = float(norm[start : start + len(span)].max()) if span else 0.0
             start += len(span)
 
-    def _reranker_for(self, kb: str) -> tuple[Reranker | None, str, str]:
-        """The reranker that scores ``kb``'s candidates, what it reads (``rerank_doc``), and why none.
+    def _reranker_for(self, kb: str) -> tuple[Reranker | None, str, str, float]:
+        """The reranker that scores ``kb``'s candidates, what it reads (``rerank_doc``), why none, and its
+        blend weight with the first stage (1.0: its order alone).
 
-        The ``kb`` backend resolves the KB's own trained model (question-question, see
-        ``kbsearch.rerank.kb``); every other backend serves all KBs with one model.
+        The ``kb`` backend resolves the KB's own trained model (question-question, with the weight its
+        self-check chose, see ``kbsearch.rerank.kb``); every other backend serves all KBs with one model.
         """
         if isinstance(self.reranker, KbReranker):
-            model, why = self.reranker.for_kb(kb)
-            return model, KB_RERANKER_DOC, why
-        return self.reranker, self.settings.rerank_doc, "ok"
+            model, why, weight = self.reranker.for_kb(kb)
+            return model, KB_RERANKER_DOC, why, weight
+        return self.reranker, self.settings.rerank_doc, "ok", 1.0
 
     def _rerank(self, reranker: Reranker, doc: str, question: str, cands: list[_Candidate], build: Build,
-                timings: dict[str, float]) -> None:
+                timings: dict[str, float], weight: float = 1.0) -> None:
         head = cands[: self.settings.rerank_top_k]
         t = time.perf_counter()
         try:
@@ -490,7 +504,13 @@ class QueryEngine:
         for c, s in zip(head, scores):
             c.rerank = float(s)
         # FAQs beyond the rerank window keep their first-stage order after the reranked ones.
-        cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
+        if weight >= 1.0:
+            cands[: len(head)] = sorted(head, key=lambda c: (-(c.rerank or 0.0), -(c.vector or 0.0)))
+            return
+        first = [_first_stage_score(c) for c in head]
+        keys = blend(first, [c.rerank or 0.0 for c in head], weight)
+        order = sorted(range(len(head)), key=lambda i: -keys[i])  # stable: ties keep the first-stage order
+        cands[: len(head)] = [head[i] for i in order]
 
     # ---------------------------------------------------------------- results
     def _threshold(self, mode: Mode, kb: str) -> tuple[float, float, str]:
