@@ -8,10 +8,10 @@ import pytest
 
 from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.finetune.kb import MIN_VARIANTS, self_check, train_kb_reranker
+from kbsearch.finetune.kb import MIN_GAIN, MIN_VARIANTS, self_check, train_kb_reranker
 from kbsearch.index.builder import build_index
 from kbsearch.rerank import make_reranker
-from kbsearch.rerank.kb import ACTIVE, RERANKERS, SKIP, KbReranker, active_kb_reranker
+from kbsearch.rerank.kb import ACTIVE, BLEND_WEIGHTS, RERANKERS, SKIP, KbReranker, active_kb_reranker
 from kbsearch.service.query import QueryEngine
 from support import entry, one_chunk
 
@@ -44,7 +44,7 @@ def _engine(settings: Settings, reranker) -> QueryEngine:
 
 def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
     held = [("a", "q1", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8}),
-            ("b", "q2", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8})]
+            ("b", "q2", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8})] * 2
 
     def oracle(q, docs):
         own = "doc a" if q == "q1" else "doc b"
@@ -55,6 +55,9 @@ def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
     tie = self_check(lambda q, docs: [1.0, 0.0], held, top_k=10)  # always the first-stage order
     assert tie["reranked_top1"] == tie["first_stage_top1"] == 0.5 and tie["use"] is False
     assert "does not help" in tie["reason"]
+    # One more right answer than the first stage is within noise: not enough to switch the model on.
+    one = self_check(oracle, held[:2], top_k=10)
+    assert one["reranked_top1"] > one["first_stage_top1"] and one["use"] is False and MIN_GAIN == 2
     # The window is the reranker's: with top_k 1 it can only agree with the first stage.
     assert self_check(oracle, held, top_k=1)["use"] is False
 
@@ -62,7 +65,7 @@ def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
 def test_self_check_picks_the_blend_weight_where_the_reranker_alone_would_hurt():
     docs = {"b": "doc b", "a": "doc a", "c": "doc c"}
     held = [("a", "near tie", docs, {"b": 0.90, "a": 0.89, "c": 0.50}),  # first stage wrong by a hair
-            ("b", "clear", docs, {"b": 0.90, "a": 0.70, "c": 0.60})]  # first stage right by a margin
+            ("b", "clear", docs, {"b": 0.90, "a": 0.70, "c": 0.60})] * 2  # first stage right by a margin
     probs = {"near tie": [0.5, 0.6, 0.9], "clear": [0.4, 0.5, 0.5]}  # alone, the reranker misses both
 
     check = self_check(lambda q, d: probs[q], held, top_k=10)
@@ -116,7 +119,8 @@ def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_pat
     card = json.loads((first.folder / "kbsearch_pair_model.json").read_text())
     check = card["self_check"]
     assert card["complete"] and check["variants"] == 20 and isinstance(check["use"], bool)
-    assert check["use"] == (check["reranked_top1"] > check["first_stage_top1"])
+    gain = round((check["reranked_top1"] - check["first_stage_top1"]) * check["variants"])
+    assert check["use"] == (gain >= MIN_GAIN) and set(check["by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
     assert "kb 'default'" in card["data"][0] and "held-out variants" in card["data"][1]
     assert (settings.kb_dir("default") / RERANKERS / ACTIVE).read_text().strip() == first.folder.name
     assert any("KB reranker trained" in line for line in lines)

@@ -265,7 +265,7 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
             bar.update(1)
             bar.set_postfix(loss=f"{running / step:.4f}")
             if writer is not None:
-                writer.add_scalar("train/loss", float(loss), (epoch - 1) * steps_per_epoch + step)
+                writer.add_scalar("train/loss", float(loss.detach()), (epoch - 1) * steps_per_epoch + step)
         bar.close()
         metrics = evaluate()
         plateau.step(metrics.loss)
