@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,10 +92,14 @@ def test_render_caps_long_lists() -> None:
     assert "... and 5 more" in report.render()
 
 
-def test_progress_bar_only_for_large_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_only_for_large_inputs_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.jsonl"
     rows = [json.dumps({"question": f"question number {i}", "answer": "x"}) for i in range(2100)]
     path.write_text("\n".join(rows) + "\n")
+    run_ingest([path], Settings(dedupe=False), today=TODAY, progress=True)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal (a log file): no bar redraws in it
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     run_ingest([path], Settings(dedupe=False), today=TODAY, progress=True)
     assert "validate" in capsys.readouterr().err
     run_ingest([path], Settings(dedupe=False), today=TODAY, progress=False)
