@@ -8,7 +8,7 @@ import pytest
 
 from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.finetune.kb import MIN_GAIN, MIN_VARIANTS, self_check, train_kb_reranker
+from kbsearch.finetune.kb import MIN_GAIN, MIN_VARIANTS, _write_atomic, self_check, train_kb_reranker
 from kbsearch.index.builder import build_index
 from kbsearch.rerank import make_reranker
 from kbsearch.rerank.kb import ACTIVE, BLEND_WEIGHTS, RERANKERS, SKIP, KbReranker, active_kb_reranker
@@ -152,6 +152,13 @@ def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_pat
     assert blended.mode == "vector" and blended.explain["rerank_weight"] == 0.3
     assert any("KB reranker blended with the vector score (weight 0.3)" in n for n in blended.notes)
     assert blended.hits[0].score == blended.hits[0].scores.vector and blended.hits[0].scores.rerank is not None
+    # A running service picks up a re-checked weight when the rerankers folder changes (as training does).
+    engine = _engine(settings, KbReranker(settings))
+    assert engine.ask("退款多久能到账").mode == "vector"
+    card["self_check"]["weight"] = 1.0
+    (first.folder / "kbsearch_pair_model.json").write_text(json.dumps(card))
+    _write_atomic(settings.kb_dir("default") / RERANKERS / ACTIVE, first.folder.name + "\n")
+    assert engine.ask("退款多久能到账").mode == "rerank"
 
 
 def test_eval_shows_the_served_and_the_forced_kb_reranker(tmp_path):

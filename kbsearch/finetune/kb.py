@@ -40,8 +40,13 @@ CHECK_SHARE = 0.15
 #: wrong FAQ.
 MIN_GAIN = 2
 
+
+def _rule(weights: tuple[float, ...]) -> str:
+    return f"blend weights {list(weights)}, min gain {MIN_GAIN}"
+
+
 #: What a stored self-check was decided by; a cached model whose check says otherwise is checked again.
-CHECK_RULE = f"blend weights {list(BLEND_WEIGHTS)}, min gain {MIN_GAIN}"
+CHECK_RULE = _rule(BLEND_WEIGHTS)
 
 #: Fewer variants than this: no KB reranker (20 held out for the check, the rest to train on).
 MIN_VARIANTS = 40
@@ -124,7 +129,7 @@ def self_check(score: Callable[[str, list[str]], list[float]], held_out: list[Mi
     weight = max(weights, key=lambda w: (right[w], -w))
     reranked = right[weight]
     use = reranked >= first + MIN_GAIN
-    return {"rule": f"blend weights {list(weights)}, min gain {MIN_GAIN}",
+    return {"rule": _rule(weights),
             "variants": n, "top_k": top_k, "first_stage_top1": round(first / n, 4),
             "reranked_top1": round(reranked / n, 4), "weight": weight, "use": use,
             "by_weight": {str(w): round(right[w] / n, 4) for w in weights},

@@ -127,7 +127,6 @@ class KbReranker:
                                                  max_length=self.settings.kb_reranker_max_length,
                                                  device=self.settings.device)
                     model.load()
-                    self._weights[path] = kb_reranker_weight(path)
                     self._models[path] = model
         return model, "ok", self._weights[path]
 
@@ -141,6 +140,8 @@ class KbReranker:
         cached = self._resolved.get(kb_dir)
         if cached is None or cached[0] != mtime:
             cached = (mtime, active_kb_reranker(kb_dir, force=self.force))
+            if cached[1][0] is not None:  # a re-check may have changed the weight of a model already loaded
+                self._weights[cached[1][0]] = kb_reranker_weight(cached[1][0])
             self._resolved[kb_dir] = cached
         return cached[1]
 
