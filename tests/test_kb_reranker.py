@@ -184,6 +184,11 @@ def test_eval_shows_the_served_and_the_forced_kb_reranker(tmp_path):
     assert "rerank" in off["fused+rerank-forced"].latency_ms and "rerank" not in off["fused+rerank"].latency_ms
     on = names(True)
     assert set(on) == {"vector", "fused", "fused+rerank"} and "rerank" in on["fused+rerank"].latency_ms
+    # kbsearch eval makes the reranker before it moves to a temporary home: the KB's folder must come from
+    # the engine's settings, not the reranker's (it used to skip the stage there as "not trained yet").
+    elsewhere = KbReranker(settings.model_copy(update={"home": tmp_path / "elsewhere"}))
+    report = run_eval(settings, "default", queries, HashEmbedder(dim=64), elsewhere, first_stages=("fused",))
+    assert "rerank" in {r.name: r for r in report.results}["fused+rerank"].latency_ms
 
 
 def test_a_kb_model_that_fails_to_load_degrades_to_the_first_stage(tmp_path):

@@ -91,7 +91,7 @@ def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | Non
 class KbReranker:
     """``rerank_backend = "kb"``: resolves and loads each KB's own reranker on first use.
 
-    The query path asks ``for_kb(kb)`` per question (``force``: also where the self-check failed); ``score`` itself is not used (it raises).
+    The query path asks ``for_kb(kb_dir)`` per question (``force``: also where the self-check failed); ``score`` itself is not used (it raises).
     Loaded models are kept per folder, so a retrained KB reranker is picked up on its next question.
     """
 
@@ -109,13 +109,15 @@ class KbReranker:
     def load(self) -> None:
         """Nothing to load up front: each KB's model loads on its first question."""
 
-    def for_kb(self, kb: str) -> tuple[CrossEncoderReranker | None, str, float]:
-        """The loaded reranker for ``kb`` and its blend weight, or None and why the stage is skipped.
+    def for_kb(self, kb_dir: Path) -> tuple[CrossEncoderReranker | None, str, float]:
+        """The loaded reranker for the KB in ``kb_dir`` and its blend weight, or None and why the stage is
+        skipped. The folder comes from the asking engine's settings, which may name another home than
+        the ones this reranker was made with (``kbsearch eval`` ingests into a temporary home).
 
         Raises:
             BackendError (or another ``kbsearch.errors`` error): the KB's model failed to load.
         """
-        path, why = self.resolve(self.settings.kb_dir(kb))
+        path, why = self.resolve(kb_dir)
         if path is None:
             return None, why, 0.0
         model = self._models.get(path)
@@ -146,7 +148,7 @@ class KbReranker:
         return cached[1]
 
     def score(self, query: str, docs: list[str]) -> list[float]:
-        """Not used: the query path scores with ``for_kb(kb)``'s model.
+        """Not used: the query path scores with ``for_kb(kb_dir)``'s model.
 
         Raises:
             BackendError: always.

@@ -489,7 +489,7 @@ class QueryEngine:
         self-check chose, see ``kbsearch.rerank.kb``); every other backend serves all KBs with one model.
         """
         if isinstance(self.reranker, KbReranker):
-            model, why, weight = self.reranker.for_kb(kb)
+            model, why, weight = self.reranker.for_kb(self.settings.kb_dir(kb))
             return model, KB_RERANKER_DOC, why, weight
         return self.reranker, self.settings.rerank_doc, "ok", 1.0
 
