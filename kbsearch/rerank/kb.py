@@ -21,6 +21,7 @@ from typing import Any
 
 from kbsearch.config import Settings
 from kbsearch.errors import BackendError
+from kbsearch.finetune.train import CARD
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
 
 RERANKERS = "rerankers"
@@ -61,7 +62,7 @@ def blend(first: Sequence[float], probs: Sequence[float], weight: float) -> list
 
 def kb_reranker_weight(path: Path) -> float:
     """The blend weight a KB reranker's self-check chose (1.0 for a card from before blending)."""
-    card = json.loads((Path(path) / "kbsearch_pair_model.json").read_text(encoding="utf-8"))
+    card = json.loads((Path(path) / CARD).read_text(encoding="utf-8"))
     return float((card.get("self_check") or {}).get("weight", 1.0))
 
 
@@ -79,7 +80,7 @@ def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | Non
         except FileNotFoundError:
             return None, "no KB reranker trained yet (kbsearch ingest trains one when the KB has variants)"
     path = folder / key
-    card = path / "kbsearch_pair_model.json"
+    card = path / CARD
     if not card.is_file():
         return None, f"KB reranker {path} is incomplete (no model card)"
     check = json.loads(card.read_text(encoding="utf-8")).get("self_check") or {}
