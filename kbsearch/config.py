@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="kb reranker: train on a seeded sample of at most this many variants (bounds the training "
         "time on first ingest); 0 = do not train.",
     )
+    kb_reranker_check_variants: int = Field(
+        300, ge=0, le=100_000,
+        description="kb reranker: also self-check on up to this many variants outside the training sample "
+        "(a seeded sample; a KB with more variants than kb_reranker_max_variants has them).",
+    )
     kb_reranker_negatives: int = Field(3, ge=1, le=20, description="kb reranker: hard negatives per variant.")
     kb_reranker_epochs: int = Field(2, ge=1, le=50, description="kb reranker: training epochs.")
     kb_reranker_max_length: int = Field(48, ge=16, le=512, description="kb reranker: tokens per pair.")

@@ -8,7 +8,7 @@ import pytest
 
 from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.finetune.kb import MIN_GAIN, MIN_VARIANTS, _write_atomic, self_check, train_kb_reranker
+from kbsearch.finetune.kb import MAX_P, MIN_VARIANTS, _write_atomic, self_check, sign_test_p, train_kb_reranker
 from kbsearch.index.builder import build_index
 from kbsearch.rerank import make_reranker
 from kbsearch.rerank.kb import ACTIVE, BLEND_WEIGHTS, RERANKERS, SKIP, KbReranker, active_kb_reranker
@@ -28,8 +28,8 @@ TOPICS = {
 }
 
 
-def _kb(tmp_path, variants: bool = True) -> Settings:
-    settings = Settings(home=tmp_path / "home", embed_backend="hash", kb_reranker_epochs=1)
+def _kb(tmp_path, variants: bool = True, **knobs) -> Settings:
+    settings = Settings(home=tmp_path / "home", embed_backend="hash", kb_reranker_epochs=1, **knobs)
     entries = [entry(f"t{i}", qs[0], f"{t}：请在App里按提示操作。", variants=tuple(qs[1:]) if variants else ())
                for i, (t, qs) in enumerate(TOPICS.items())]
     build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
@@ -42,30 +42,40 @@ def _engine(settings: Settings, reranker) -> QueryEngine:
     return engine
 
 
-def test_self_check_uses_the_reranker_only_when_it_beats_the_first_stage():
+def test_self_check_uses_the_reranker_only_when_it_clearly_beats_the_first_stage():
     held = [("a", "q1", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8}),
-            ("b", "q2", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8})] * 2
+            ("b", "q2", {"b": "doc b", "a": "doc a"}, {"b": 0.9, "a": 0.8})] * 5
 
     def oracle(q, docs):
         own = "doc a" if q == "q1" else "doc b"
         return [1.0 if d == own else 0.0 for d in docs]
 
-    good = self_check(oracle, held, top_k=10)
-    assert good["first_stage_top1"] == 0.5 and good["reranked_top1"] == 1.0 and good["use"] is True
+    good = self_check(oracle, held, top_k=10)  # right on 5 variants where the first stage is wrong, wrong on none
+    assert good["first_stage_top1"] == 0.5 and good["reranked_top1"] == 1.0
+    assert (good["wins"], good["losses"], good["p"]) == (5, 0, 0.0312) and good["use"] is True
     tie = self_check(lambda q, docs: [1.0, 0.0], held, top_k=10)  # always the first-stage order
     assert tie["reranked_top1"] == tie["first_stage_top1"] == 0.5 and tie["use"] is False
-    assert "does not help" in tie["reason"]
-    # One more right answer than the first stage is within noise: not enough to switch the model on.
-    one = self_check(oracle, held[:2], top_k=10)
-    assert one["reranked_top1"] > one["first_stage_top1"] and one["use"] is False and MIN_GAIN == 2
+    assert "does not clearly help" in tie["reason"]
+    # A few more right answers than the first stage are within noise: not enough to switch the model on.
+    few = self_check(oracle, held[:8], top_k=10)
+    assert few["reranked_top1"] > few["first_stage_top1"] and few["wins"] == 4 and few["use"] is False
     # The window is the reranker's: with top_k 1 it can only agree with the first stage.
     assert self_check(oracle, held, top_k=1)["use"] is False
+    # The held-out share and the variants outside the training sample are told apart in the reason.
+    assert "10 unseen variants (4 held out, 6 outside the training sample)" in self_check(oracle, held, 10, held_out=4)["reason"]
+
+
+def test_sign_test_counts_only_the_variants_where_the_two_answers_differ():
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(1, 0) == 0.5 and sign_test_p(5, 0) == 1 / 32
+    assert sign_test_p(3, 3) > 0.5 and sign_test_p(0, 4) == 1.0
+    # Net +5 is not enough when the reranker also loses one (8/128 = 0.0625), net +7 of 9 is.
+    assert sign_test_p(6, 1) == 8 / 128 and sign_test_p(6, 1) > MAX_P > sign_test_p(8, 1)
 
 
 def test_self_check_picks_the_blend_weight_where_the_reranker_alone_would_hurt():
     docs = {"b": "doc b", "a": "doc a", "c": "doc c"}
     held = [("a", "near tie", docs, {"b": 0.90, "a": 0.89, "c": 0.50}),  # first stage wrong by a hair
-            ("b", "clear", docs, {"b": 0.90, "a": 0.70, "c": 0.60})] * 2  # first stage right by a margin
+            ("b", "clear", docs, {"b": 0.90, "a": 0.70, "c": 0.60})] * 5  # first stage right by a margin
     probs = {"near tie": [0.5, 0.6, 0.9], "clear": [0.4, 0.5, 0.5]}  # alone, the reranker misses both
 
     check = self_check(lambda q, d: probs[q], held, top_k=10)
@@ -112,21 +122,29 @@ def test_a_kb_without_enough_variants_gets_no_reranker_and_says_why(tmp_path):
 
 
 def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_path):
-    settings = _kb(tmp_path)
+    settings = _kb(tmp_path, kb_reranker_max_variants=42)  # of 45: 3 are left for the check only
     lines: list[str] = []
     first = train_kb_reranker(settings, "default", progress=False, say=lines.append)
     assert first.trained and first.folder is not None and first.folder.parent.name == RERANKERS
     card = json.loads((first.folder / "kbsearch_pair_model.json").read_text())
     check = card["self_check"]
-    assert card["complete"] and check["variants"] == 20 and isinstance(check["use"], bool)
-    gain = round((check["reranked_top1"] - check["first_stage_top1"]) * check["variants"])
-    assert check["use"] == (gain >= MIN_GAIN) and set(check["by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
-    assert "kb 'default'" in card["data"][0] and "held-out variants" in card["data"][1]
+    assert card["complete"] and (check["variants"], check["held_out"]) == (23, 20) and isinstance(check["use"], bool)
+    assert check["wins"] - check["losses"] == round((check["reranked_top1"] - check["first_stage_top1"]) * 23)
+    assert check["use"] == (sign_test_p(check["wins"], check["losses"]) < MAX_P)
+    assert set(check["by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
+    assert "kb 'default'" in card["data"][0] and "20 held-out variants" in card["data"][1]
+    assert "3 variants outside the training sample" in card["data"][1]
     assert (settings.kb_dir("default") / RERANKERS / ACTIVE).read_text().strip() == first.folder.name
     assert any("KB reranker trained" in line for line in lines)
 
     again = train_kb_reranker(settings, "default", progress=False, say=lines.append)
     assert again.folder == first.folder and not again.trained and again.self_check == check
+    # Fewer check variants: the cached model is checked again on them, not trained again.
+    fewer = settings.model_copy(update={"kb_reranker_check_variants": 1})
+    rechecked = train_kb_reranker(fewer, "default", progress=False, say=lines.append)
+    assert rechecked.folder == first.folder and not rechecked.trained and rechecked.self_check["variants"] == 21
+    card = json.loads((first.folder / "kbsearch_pair_model.json").read_text())
+    check = card["self_check"]
 
     # Served as the card says: a failed self-check skips the stage (and says why) ...
     answer = _engine(settings, KbReranker(settings)).ask("退款多久能到账")
