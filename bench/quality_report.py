@@ -105,7 +105,7 @@ First-stage scoring (`fused`, the default): every FAQ among the vector and BM25 
                 for n, q, b, v, fs, d, beats, forced, why in summary) + """
 
 With `rerank_backend` `kb`, each KB's own cross-encoder is trained from its variants at ingest and used only when it \
-beats the first stage on held-out variants (self-check); "reranker if forced on" is the top-1 it would have given \
+clearly beats the first stage (sign test) on variants it never trained on (self-check); "reranker if forced on" is the top-1 it would have given \
 where the self-check switched it off, measured in the same run. A KB with no variants gets no reranker.
 """
     Path(args.out).write_text(header + "\n".join(sections), encoding="utf-8")
