@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,25 @@ def test_an_interrupted_run_leaves_its_best_epoch_loadable(bert_base, tmp_path):
     ce = CrossEncoderReranker(str(tmp_path / "m"), batch_size=8, max_length=32, device="cpu")
     ce.load()
     assert 0.0 <= ce.score("怎么退货", ["如何申请退货"])[0] <= 1.0
+
+
+def test_off_a_terminal_training_logs_its_steps_instead_of_a_bar(bert_base, tmp_path, monkeypatch, capsys):
+    import kbsearch.finetune.train as train_module
+
+    monkeypatch.setattr(train_module, "LOG_EVERY_S", 0.0)  # a line at every step
+    lines: list[str] = []
+    finetune(recipe(bert_base, epochs=1), make_pairs(64, 1), make_pairs(32, 2), tmp_path / "m", log_line=lines.append)
+    steps = [line for line in lines if line.startswith("epoch 1, step ")]
+    assert [line.split(":")[0] for line in steps] == [f"epoch 1, step {i}/4" for i in range(1, 5)]
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar redraws in the log
+    quiet: list[str] = []
+    finetune(recipe(bert_base, epochs=1), make_pairs(64, 1), make_pairs(32, 2), tmp_path / "q", progress=False,
+             log_line=quiet.append)
+    assert not any(", step " in line for line in quiet)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # on a terminal: the bar, not the lines
+    shown: list[str] = []
+    finetune(recipe(bert_base, epochs=1), make_pairs(64, 1), make_pairs(32, 2), tmp_path / "t", log_line=shown.append)
+    assert "epoch 1/1" in capsys.readouterr().err and not any(", step " in line for line in shown)
 
 
 def test_training_is_deterministic_for_a_seed(bert_base, tmp_path):

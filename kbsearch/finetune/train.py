@@ -250,6 +250,7 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     best: PairMetrics | None = None
     best_epoch, best_state, stale, history = 0, None, 0, []
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    last_line = t0
     for epoch in range(1, recipe.epochs + 1):
         model.train()
         running = 0.0
@@ -264,6 +265,10 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
             running += float(loss.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{running / step:.4f}")
+            if progress and bar.disable and time.perf_counter() - last_line >= LOG_EVERY_S:  # no bar (a log): a line now and then
+                last_line = time.perf_counter()
+                say(f"epoch {epoch}, step {step}/{steps_per_epoch}: train loss {running / step:.4f}, "
+                    f"{last_line - t0:.0f} s")
             if writer is not None:
                 writer.add_scalar("train/loss", float(loss.detach()), (epoch - 1) * steps_per_epoch + step)
         bar.close()
@@ -357,6 +362,10 @@ def _tensorboard(path: Path) -> Any:
     except ImportError:  # tensorboard is optional; metrics.jsonl is always written
         return None
     return SummaryWriter(str(path))
+
+
+#: Off a terminal (no progress bar), training says where it is at most this often.
+LOG_EVERY_S = 60.0
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
