@@ -23,7 +23,8 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.eval import load_queries
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
-from kbsearch.rerank.kb import active_kb_reranker
+from kbsearch.rerank.kb import KB_RERANKER_DOC, active_kb_reranker
+from kbsearch.rerank.text import reranker_text
 from kbsearch.service import make_engine
 from kbsearch.service.query import QueryEngine
 
@@ -37,12 +38,12 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=100)
     args = p.parse_args()
     counts = sorted(int(c) for c in args.counts.split(","))
-    settings = Settings(rerank_backend="none", vector_top_k=max(50, *counts), rerank_top_k=max(counts))
+    settings = Settings(rerank={"backend": "none", "top_k": max(counts)}, retrieve={"vector_top_k": max(50, *counts)})
     model_dir = args.model or str(active_kb_reranker(settings.kb_dir(args.kb), force=True)[0] or "")
     if not model_dir:
         raise SystemExit(f"no reranker for kb {args.kb!r}: pass --model DIR")
-    model = CrossEncoderReranker(model_dir, batch_size=settings.rerank_batch_size,
-                                 max_length=settings.kb_reranker_max_length, device=settings.device)
+    model = CrossEncoderReranker(model_dir, batch_size=settings.rerank.batch_size,
+                                 max_length=settings.kb_reranker.max_length, device=settings.device)
     model.load()
     engine: QueryEngine = make_engine(settings)
     engine.load(args.kb)
@@ -53,7 +54,7 @@ def main() -> None:
         answer = engine.ask(q.query, kb=args.kb, top_k=max(counts), explain=True)
         rows = {h.entry.id: h for h in answer.hits}
         # What the kb reranker reads (KB_RERANKER_DOC = question): the matched question or variant.
-        docs = [rows[i].matched.text if rows[i].matched.kind != "chunk" else rows[i].entry.question
+        docs = [reranker_text(rows[i].entry, rows[i].matched, KB_RERANKER_DOC, {})
                 for i in answer.candidates[: max(counts)] if i in rows]
         for k in counts:
             t = time.perf_counter()

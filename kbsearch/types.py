@@ -2,19 +2,32 @@
 
 Ingest produces ``FaqEntry`` values, chunking turns them into ``Chunk`` values, the indexes are built
 over ``IndexRow`` values (one per text to match: a question, a variant, an answer chunk), and the
-query path returns ``Hit`` values grouped per FAQ id inside an ``Answer``. Pydantic lives only at the
-HTTP edge (``kbsearch.api.models``); these are what the library passes around.
+query path passes ``Candidate`` values (one per FAQ) from stage to stage and returns ``Hit`` values inside
+an ``Answer``, with the ``Decision`` that answered or handed off. Pydantic lives only at the HTTP edge
+(``kbsearch.api.models``); these are what the library passes around.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from kbsearch.codes import HandoffReason
+
+if TYPE_CHECKING:
+    from kbsearch.telemetry.trace import Trace
 
 RowKind = Literal["question", "variant", "chunk"]
 Mode = Literal["rerank", "vector", "bm25", "canned"]
+"""Which score decided: the kind of the deciding score, or ``canned`` when nothing was ranked."""
+ScoreKind = Literal["rerank", "vector", "bm25"]
+"""A score with its own threshold."""
+RankKind = Literal["fused", "rrf", "vector", "bm25", "rerank", "blend"]
+"""What a list of candidates is ordered by: the linear fusion (first stage ``fused``), reciprocal-rank fusion
+(``hybrid``), the vector or BM25 score, the reranker alone, or its blend with the first stage."""
 
 
 def _date_or_none(value: str | None) -> dt.date | None:
@@ -144,12 +157,74 @@ class IndexRow:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One FAQ on its way through the stages: the row that matched best and each stage's score so far.
+
+    Attributes:
+        entry: The FAQ entry.
+        row: The index row that matched best (question, variant or answer chunk).
+        vector: Best row cosine (None when the vector path did not score it).
+        bm25: Best normalised BM25 row score (None when BM25 did not score it).
+        fusion: The first stage's fused score: linear fusion (``fused``) or reciprocal-rank fusion (``hybrid``).
+        rerank: The reranker's probability (None outside the rerank window or without a reranker).
+        rank: The score the current order was made by (its kind is ``ranked_by``).
+        ranked_by: What ``rank`` is.
+    """
+
+    entry: FaqEntry
+    row: IndexRow
+    vector: float | None = None
+    bm25: float | None = None
+    fusion: float | None = None
+    rerank: float | None = None
+    rank: float = 0.0
+    ranked_by: RankKind = "vector"
+
+    @classmethod
+    def found(cls, entry: FaqEntry, row: IndexRow, kind: Literal["vector", "bm25"], score: float) -> Candidate:
+        """A FAQ as a search found it: its best row, whose ``kind`` score is also its rank.
+
+        Equal to ``Candidate(entry, row, vector=score, rank=score, ranked_by="vector")`` (for ``kind`` vector),
+        built without ``__init__``: the first stage makes one per FAQ found, for every question.
+        """
+        new = object.__new__(cls)
+        d = new.__dict__
+        d.update(_CANDIDATE_DEFAULTS)
+        d["entry"], d["row"], d[kind], d["rank"], d["ranked_by"] = entry, row, score, score, kind
+        return new
+
+    def evolve(self, **changes: Any) -> Candidate:
+        """A copy with ``changes`` (like ``dataclasses.replace``, without re-running ``__init__``: this is the
+        query path's innermost loop, and the fields are already checked values)."""
+        new = object.__new__(Candidate)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+    @property
+    def first_stage_score(self) -> float:
+        """The score the first stage ranked this FAQ by: the fusion, else the vector score, else BM25 (0 if none)."""
+        for score in (self.fusion, self.vector, self.bm25):
+            if score is not None and math.isfinite(score):
+                return float(score)
+        return 0.0
+
+    def score_of(self, kind: ScoreKind) -> float:
+        """This FAQ's score of a deciding kind (0.0 when that stage did not score it)."""
+        value = {"rerank": self.rerank, "vector": self.vector, "bm25": self.bm25}[kind]
+        return float(value) if value is not None else 0.0
+
+
+_CANDIDATE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Candidate) if f.default is not dataclasses.MISSING}
+
+
+@dataclass(frozen=True)
 class Scores:
     """The scores one FAQ got at each stage (None where the stage did not run or did not see it)."""
 
     vector: float | None = None
     bm25: float | None = None
     rerank: float | None = None
+    fused: float | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +233,9 @@ class Hit:
 
     Attributes:
         entry: The FAQ entry.
-        score: The score the final ranking used (its kind is the answer's ``mode``).
+        score: The score this result was ranked by (its kind is ``ranked_by``); the score that decided the
+            hand-off is ``Answer.decision.score``.
+        ranked_by: What ``score`` is (``fused``, ``rrf``, ``vector``, ``bm25``, ``rerank`` or ``blend``).
         scores: Every stage's score for this FAQ.
         matched: The index row that matched best (question, variant or answer chunk).
     """
@@ -167,14 +244,58 @@ class Hit:
     score: float
     scores: Scores
     matched: IndexRow
+    ranked_by: RankKind = "vector"
+
+    @classmethod
+    def of(cls, c: Candidate) -> Hit:
+        """The result a candidate becomes."""
+        return cls(entry=c.entry, score=float(c.rank), ranked_by=c.ranked_by, matched=c.row,
+                   scores=Scores(vector=c.vector, bm25=c.bm25, rerank=c.rerank, fused=c.fusion))
 
 
 @dataclass(frozen=True)
 class Handoff:
-    """Why the service hands the question to a human, and what to tell the user."""
+    """Why the service hands the question to a human, and what to tell the user.
 
+    Attributes:
+        code: The reason as a code (also a metric label and a log field).
+        reason: The reason for people; starts with the code, e.g. ``below-threshold: vector score 0.84 < 0.89``.
+        message: What the user is told, in the question's language.
+    """
+
+    code: HandoffReason
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How the answer-or-hand-off was decided.
+
+    Attributes:
+        score_kind: The kind of the deciding score (None for the canned hand-off).
+        score: The top FAQ's deciding score (None when there is no candidate).
+        gap: The top FAQ's deciding score minus the second's (None with fewer than two).
+        threshold: The threshold it was compared with (None for the canned hand-off).
+        margin: The calibrated top-1/top-2 margin rule (0 = none).
+        threshold_source: ``setting``, ``calibrated <date>``, or why a calibration was not used.
+        reason: Why the question was handed off; None when it was answered.
+        rule: The rule that decided, for people (``answered`` or the hand-off reason).
+    """
+
+    score_kind: ScoreKind | None
+    score: float | None
+    gap: float | None
+    threshold: float | None
+    margin: float
+    threshold_source: str
+    reason: HandoffReason | None
+    rule: str
+
+    @property
+    def answered(self) -> bool:
+        """True when the question is answered."""
+        return self.reason is None
 
 
 @dataclass(frozen=True)
@@ -188,10 +309,10 @@ class Answer:
         mode: Which score decided: ``rerank``, ``vector``, ``bm25`` or ``canned``.
         degraded: True when a fallback path answered.
         index_version: The build id that served the question ("" when none was loaded).
-        timings_ms: Milliseconds per stage.
-        notes: Human-readable remarks, e.g. that the reranker is switched off.
+        decision: The deciding score, its threshold and the rule.
+        trace: The question's trace (spans, fallbacks, notes): the source of ``timings_ms`` and ``explain``.
         candidates: Every first-stage candidate FAQ id, in first-stage order (for recall measurements).
-        explain: With ``explain``: each stage's candidates and scores, and the rule that decided.
+        explain: With ``explain``: each stage's candidates and scores, the spans and the rule that decided.
     """
 
     answered: bool
@@ -200,10 +321,25 @@ class Answer:
     mode: Mode
     degraded: bool
     index_version: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
+    decision: Decision
+    trace: Trace
     candidates: tuple[str, ...] = ()
     explain: dict[str, Any] | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The request id the trace was made for."""
+        return self.trace.request_id
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """Milliseconds per stage and ``total``, from the trace."""
+        return self.trace.timings_ms()
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Remarks for people (fallbacks, a reranker skipped and why), from the trace."""
+        return tuple(self.trace.notes)
 
     @property
     def best(self) -> Hit | None:

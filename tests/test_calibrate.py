@@ -11,8 +11,8 @@ from kbsearch.cli import main
 from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
 from kbsearch.eval.calibrate import sweep
-from kbsearch.index.store import read_thresholds, write_thresholds
-from kbsearch.rerank.none import NoReranker
+from kbsearch.decide import read_thresholds, write_thresholds
+from kbsearch.rerank.plan import SharedRerankPlanner
 from kbsearch.service.query import QueryEngine
 from test_eval import bench  # noqa: F401  (the tiny benchmark folder fixture)
 
@@ -29,9 +29,9 @@ def test_sweep_by_hand():
 
 
 def test_calibrate_stores_and_ask_uses_it(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KBSEARCH_THRESHOLD_VECTOR", "0.0")  # the global setting would answer everything
+    monkeypatch.setenv("KBSEARCH_DECIDE__THRESHOLD_VECTOR", "0.0")  # the global setting would answer everything
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     capsys.readouterr()
     assert main(["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"), "--target", "1.0"]) == 0
@@ -43,7 +43,7 @@ def test_calibrate_stores_and_ask_uses_it(bench, tmp_path, monkeypatch, capsys):
     assert stored["oos_handoff_rate"] == 1.0 and 0.0 < stored["threshold"] <= 1.0
 
     settings = Settings()
-    engine = QueryEngine(settings, HashEmbedder(dim=64), NoReranker())
+    engine = QueryEngine(settings, HashEmbedder(dim=64), SharedRerankPlanner(None))
     engine.load("shop")
     off = engine.ask("量子色动力学", kb="shop", explain=True)
     assert not off.answered and off.explain["decision"]["threshold"] == pytest.approx(stored["threshold"])
@@ -52,13 +52,13 @@ def test_calibrate_stores_and_ask_uses_it(bench, tmp_path, monkeypatch, capsys):
 
 
 def test_calibration_for_another_model_is_ignored(bench, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     write_thresholds(tmp_path / "home" / "shop", {"vector": {"threshold": 0.99, "model_id": "other-model",
                                                              "reranker": "none", "first_stage": "fused"}})
-    settings = Settings(threshold_vector=0.1)
-    engine = QueryEngine(settings, HashEmbedder(dim=64), NoReranker())
+    settings = Settings(decide={"threshold_vector": 0.1})
+    engine = QueryEngine(settings, HashEmbedder(dim=64), SharedRerankPlanner(None))
     engine.load("shop")
     a = engine.ask("怎么申请退货", kb="shop", explain=True)
     assert a.answered and a.explain["decision"]["threshold"] == 0.1
@@ -66,7 +66,7 @@ def test_calibration_for_another_model_is_ignored(bench, tmp_path, monkeypatch):
 
 
 def test_unreachable_target_stores_nothing(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     queries = tmp_path / "wrong.jsonl"
@@ -79,7 +79,7 @@ def test_unreachable_target_stores_nothing(bench, tmp_path, monkeypatch, capsys)
 def test_min_oos_handoff_raises_the_threshold(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
     """With an out-of-scope question scoring above the lowest right answer, requiring every OOS question
     to be handed off moves the threshold above that OOS score."""
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     qs = tmp_path / "q.jsonl"
@@ -97,13 +97,14 @@ def test_min_oos_handoff_raises_the_threshold(bench, tmp_path, monkeypatch, caps
 
 
 def test_calibrated_margin_hands_off_ambiguous_questions(bench, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
-    engine = QueryEngine(Settings(), HashEmbedder(dim=64), NoReranker())
+    engine = QueryEngine(Settings(), HashEmbedder(dim=64), SharedRerankPlanner(None))
     engine.load("shop")
     base = engine.ask("怎么申请退货", kb="shop", top_k=2)
-    gap = base.hits[0].score - base.hits[1].score
+    gap = base.decision.gap
+    assert gap == pytest.approx(base.hits[0].scores.vector - base.hits[1].scores.vector)
     write_thresholds(tmp_path / "home" / "shop", {"vector": {
         "threshold": 0.0, "margin": gap + 0.01, "model_id": "kbsearch/hash-ngram-v1", "reranker": "none",
         "first_stage": "fused"}})
@@ -117,7 +118,7 @@ def test_calibrated_margin_hands_off_ambiguous_questions(bench, tmp_path, monkey
 
 
 def test_calibrate_tries_margins(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     out = tmp_path / "cal.json"

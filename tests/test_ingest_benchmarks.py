@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(BENCH is None, reason="no benchmark data: ../shared/benchmarks or KBSEARCH_BENCHMARKS"),
 ]
 KB_FILES = sorted([*BENCH.glob("*/kb.jsonl"), *BENCH.glob("*/kb_*.jsonl")]) if BENCH else []
-SETTINGS = Settings()
+SETTINGS = Settings().ingest
 TODAY = dt.date(2025, 6, 1)
 _cache: dict[Path, tuple[IngestResult, float]] = {}
 

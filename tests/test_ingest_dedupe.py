@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings, Settings
 from kbsearch.ingest.dedupe import DedupePolicy, Deduper, QuestionKey, compare_questions
 from kbsearch.types import FaqEntry
 
-SETTINGS = Settings()
+SETTINGS = Settings().ingest
 
 
 def entry(i: str, question: str, answer: str | None = None, **kw) -> FaqEntry:
@@ -117,7 +117,7 @@ def test_conflicting_member_stays_while_compatible_ones_merge() -> None:
 
 def test_dedupe_can_be_switched_off() -> None:
     entries = [entry("a", "如何退货？"), entry("b", "如何退货")]
-    assert Deduper(Settings(dedupe=False)).dedupe(entries).entries == entries
+    assert Deduper(IngestSettings(dedupe=False)).dedupe(entries).entries == entries
 
 
 def test_negations_cannot_be_declared_noise() -> None:
@@ -139,7 +139,6 @@ def test_lsh_finds_candidates_among_many_entries() -> None:
 
 def test_negated_answer_is_a_conflict_not_a_merge(tmp_path) -> None:
     """"可以。" is a substring of "不可以，…": the answers contradict each other and must not merge."""
-    from kbsearch.config import Settings
     from kbsearch.ingest import run_ingest
 
     path = tmp_path / "kb.jsonl"
@@ -150,7 +149,7 @@ def test_negated_answer_is_a_conflict_not_a_merge(tmp_path) -> None:
         '{"id": "q", "question": "怎么退货", "answer": "七天内可退，需保持商品完好。"}\n',
         "utf-8",
     )
-    result = run_ingest([path], Settings(home=tmp_path))
+    result = run_ingest([path], SETTINGS)
     ids = {e.id for e in result.entries}
     assert {"y", "n"} <= ids and len(result.report.conflicts) == 1
     assert "q" in ids and "p" not in ids  # a clause-level excerpt still merges (longest answer kept)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.ingest import run_ingest
 from kbsearch.ingest.expiry import dated_policies, filter_valid, flag_dated
 from kbsearch.types import FaqEntry
@@ -78,7 +78,7 @@ def test_pipeline_excludes_expired_and_keeps_flagged(tmp_path: Path) -> None:
     ]
     path = tmp_path / "kb.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    result = run_ingest([path], Settings(policy_max_age_days=365), today=TODAY)
+    result = run_ingest([path], IngestSettings(policy_max_age_days=365), today=TODAY)
     assert [e.id for e in result.entries] == ["flag", "ok"]
     assert result.entries[0].flags == ("dated-policy:2023",)
     report = result.report
@@ -94,5 +94,5 @@ def test_expired_duplicate_does_not_absorb_a_current_entry(tmp_path: Path) -> No
     ]
     path = tmp_path / "kb.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    result = run_ingest([path], Settings(), today=TODAY)
+    result = run_ingest([path], IngestSettings(), today=TODAY)
     assert [e.id for e in result.entries] == ["new"] and not result.report.merged

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.errors import BadInputError
 from kbsearch.ingest import run_ingest
 from kbsearch.ingest.parse import canonical_field
@@ -20,11 +20,11 @@ ZH_ROW = "c-1,如何开具发票？,在订单详情页点击“申请发票”�
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    return Settings()
+def settings() -> IngestSettings:
+    return IngestSettings()
 
 
-def ingest(paths: list[Path], settings: Settings, **kw):
+def ingest(paths: list[Path], settings: IngestSettings, **kw):
     return run_ingest(paths, settings, today=TODAY, **kw)
 
 
@@ -47,7 +47,7 @@ def test_column_aliases(alias: str, field: str | None) -> None:
     assert canonical_field(alias) == field
 
 
-def test_markdown_sections_questions_metadata_and_code_fences(settings: Settings) -> None:
+def test_markdown_sections_questions_metadata_and_code_fences(settings: IngestSettings) -> None:
     result = ingest([DATA / "faq_zh.md"], settings)
     entries = by_id(result)
     assert [e.question for e in result.entries] == ["如何退货？", "退货运费谁承担？", "How do I reset my password?"]
@@ -65,7 +65,7 @@ def test_markdown_sections_questions_metadata_and_code_fences(settings: Settings
     assert shipping.id.startswith("faq-") and shipping.section == "退货政策"
 
 
-def test_jsonl_english_aliases_meta_and_unknown_keys(settings: Settings) -> None:
+def test_jsonl_english_aliases_meta_and_unknown_keys(settings: IngestSettings) -> None:
     result = ingest([DATA / "faq_en.jsonl"], settings)
     entries = by_id(result)
     ship = entries["ship-1"]
@@ -82,7 +82,7 @@ def test_jsonl_english_aliases_meta_and_unknown_keys(settings: Settings) -> None
 
 
 @pytest.mark.parametrize("shape", ["list", "entries"])
-def test_json_document(tmp_path: Path, settings: Settings, shape: str) -> None:
+def test_json_document(tmp_path: Path, settings: IngestSettings, shape: str) -> None:
     items = [{"id": "j1", "问题": "如何改地址", "答案": "在订单页修改。"}, {"id": "j2", "question": "Q2", "answer": "A2"}]
     path = tmp_path / "kb.json"
     path.write_text(json.dumps(items if shape == "list" else {"entries": items}, ensure_ascii=False), "utf-8")
@@ -91,7 +91,7 @@ def test_json_document(tmp_path: Path, settings: Settings, shape: str) -> None:
     assert result.entries[1].source.endswith("kb.json:2")
 
 
-def test_json_document_of_wrong_shape_is_a_file_error(tmp_path: Path, settings: Settings) -> None:
+def test_json_document_of_wrong_shape_is_a_file_error(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.json"
     path.write_text('{"faqs": []}', "utf-8")
     result = ingest([path], settings)
@@ -99,7 +99,7 @@ def test_json_document_of_wrong_shape_is_a_file_error(tmp_path: Path, settings: 
     assert "kb.json" in str(result.report.file_errors[0]) and "entries" in str(result.report.file_errors[0])
 
 
-def test_csv_with_chinese_headers(settings: Settings) -> None:
+def test_csv_with_chinese_headers(settings: IngestSettings) -> None:
     result = ingest([DATA / "faq_zh.csv"], settings)
     c1, c2 = result.entries
     assert (c1.id, c1.question, c1.section) == ("c-1", "如何开具发票？", "发票")
@@ -112,7 +112,7 @@ def test_csv_with_chinese_headers(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk", "gb18030"])
-def test_csv_encodings(tmp_path: Path, settings: Settings, encoding: str) -> None:
+def test_csv_encodings(tmp_path: Path, settings: IngestSettings, encoding: str) -> None:
     path = tmp_path / f"kb-{encoding}.csv"
     path.write_bytes(f"{ZH_HEADER}\n{ZH_ROW}\n".encode(encoding))
     result = ingest([path], settings)
@@ -121,14 +121,14 @@ def test_csv_encodings(tmp_path: Path, settings: Settings, encoding: str) -> Non
     assert (entry.id, entry.question, entry.answer) == ("c-1", "如何开具发票？", "在订单详情页点击“申请发票”。")
 
 
-def test_tsv(tmp_path: Path, settings: Settings) -> None:
+def test_tsv(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.tsv"
     path.write_text("问题\t回答\t扩展问\n怎么注销账户\t在设置中点击注销。\t注销账号|删除账户\n", "utf-8")
     (entry,) = ingest([path], settings).entries
     assert entry.question == "怎么注销账户" and entry.variants == ("注销账号", "删除账户")
 
 
-def test_undecodable_file_is_reported_by_name(tmp_path: Path, settings: Settings) -> None:
+def test_undecodable_file_is_reported_by_name(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "broken.csv"
     path.write_bytes(b"question,answer\n\x81\x20\xff\xfe\x80,x\n")
     result = ingest([path], settings)
@@ -138,7 +138,7 @@ def test_undecodable_file_is_reported_by_name(tmp_path: Path, settings: Settings
         ingest([path], settings, strict=True)
 
 
-def test_utf8_file_with_one_damaged_row_rejects_only_that_row(tmp_path: Path, settings: Settings) -> None:
+def test_utf8_file_with_one_damaged_row_rejects_only_that_row(tmp_path: Path, settings: IngestSettings) -> None:
     rows = "".join(f"怎么修改第{i}个收货地址,在地址簿中编辑第{i}个地址。\n" for i in range(10))
     data = ("问题,答案\n" + rows).encode("utf-8").replace("第3个收货".encode(), b"\xe7\x3f\xff")
     path = tmp_path / "damaged.csv"
@@ -149,7 +149,7 @@ def test_utf8_file_with_one_damaged_row_rejects_only_that_row(tmp_path: Path, se
     assert (bad.line, "not valid UTF-8" in bad.reason) == (5, True)
 
 
-def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, settings: Settings) -> None:
+def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, settings: IngestSettings) -> None:
     openpyxl = pytest.importorskip("openpyxl")
     book = openpyxl.Workbook()
     sheet = book.active
@@ -170,14 +170,14 @@ def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, se
     assert [n.reason for n in result.report.notes] == ["ignored unknown columns: 备注"]
 
 
-def test_corrupt_xlsx_is_a_file_error(tmp_path: Path, settings: Settings) -> None:
+def test_corrupt_xlsx_is_a_file_error(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "bad.xlsx"
     path.write_bytes(b"not a zip file")
     result = ingest([path], settings)
     assert result.report.file_errors[0].file.endswith("bad.xlsx")
 
 
-def test_unknown_columns_noted_once_per_file(tmp_path: Path, settings: Settings) -> None:
+def test_unknown_columns_noted_once_per_file(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.csv"
     path.write_text("question,answer,owner,priority\n" + "".join(f"q{i},a{i},me,1\n" for i in range(5)), "utf-8")
     result = ingest([path], settings)
@@ -185,14 +185,14 @@ def test_unknown_columns_noted_once_per_file(tmp_path: Path, settings: Settings)
     assert [n.reason for n in result.report.notes] == ["ignored unknown columns: owner, priority"]
 
 
-def test_csv_without_question_column_is_a_file_error(tmp_path: Path, settings: Settings) -> None:
+def test_csv_without_question_column_is_a_file_error(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.csv"
     path.write_text("标题,内容\nx,y\n", "utf-8")
     (err,) = ingest([path], settings).report.file_errors
     assert "no question column" in err.reason
 
 
-def test_csv_row_with_too_many_cells_is_rejected(tmp_path: Path, settings: Settings) -> None:
+def test_csv_row_with_too_many_cells_is_rejected(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.csv"
     path.write_text("question,answer\nq1,a1\nq2,a, with comma\nq3,a3\n", "utf-8")
     result = ingest([path], settings)
@@ -201,7 +201,7 @@ def test_csv_row_with_too_many_cells_is_rejected(tmp_path: Path, settings: Setti
     assert bad.line == 3 and "3 cells" in bad.reason
 
 
-def test_directory_recursion_sorted_and_unknown_extensions_reported(tmp_path: Path, settings: Settings) -> None:
+def test_directory_recursion_sorted_and_unknown_extensions_reported(tmp_path: Path, settings: IngestSettings) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "a.jsonl").write_text('{"question": "q-a", "answer": "x"}\n', "utf-8")
     (tmp_path / "b" / "c.csv").write_text("q,a\nq-c,y\n", "utf-8")
@@ -217,7 +217,7 @@ def test_directory_recursion_sorted_and_unknown_extensions_reported(tmp_path: Pa
     assert "documentation" in skipped["README.md"] and "documentation" in skipped["x.jsonl"]
 
 
-def test_explicit_unsupported_file_is_an_error_and_missing_path_raises(tmp_path: Path, settings: Settings) -> None:
+def test_explicit_unsupported_file_is_an_error_and_missing_path_raises(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.txt"
     path.write_text("q", "utf-8")
     assert ingest([path], settings).report.file_errors[0].file.endswith("kb.txt")
@@ -225,7 +225,7 @@ def test_explicit_unsupported_file_is_an_error_and_missing_path_raises(tmp_path:
         ingest([tmp_path / "missing.jsonl"], settings)
 
 
-def test_markdown_text_outside_questions_is_noted(tmp_path: Path, settings: Settings) -> None:
+def test_markdown_text_outside_questions_is_noted(tmp_path: Path, settings: IngestSettings) -> None:
     path = tmp_path / "kb.md"
     path.write_text("Intro text.\n# S\nmore intro\n## Q1 ##\nA1\n## Do you teach C#\nYes.\n", "utf-8")
     result = ingest([path], settings)
@@ -234,7 +234,7 @@ def test_markdown_text_outside_questions_is_noted(tmp_path: Path, settings: Sett
     assert "lines 1, 3" in result.report.notes[0].reason
 
 
-def test_same_content_gets_the_same_id_in_every_format(tmp_path: Path, settings: Settings) -> None:
+def test_same_content_gets_the_same_id_in_every_format(tmp_path: Path, settings: IngestSettings) -> None:
     (tmp_path / "a.csv").write_text("问题,答案\n如何退货？,七天内可退。\n", "utf-8")
     (tmp_path / "b.jsonl").write_text(json.dumps({"问题": "如何退货？", "答案": "七天内可退。"}, ensure_ascii=False) + "\n", "utf-8")
     (tmp_path / "c.md").write_text("## 如何退货？\n\n七天内可退。\n", "utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.ingest import IngestReport, run_ingest
 
 TODAY = dt.date(2025, 6, 1)
@@ -41,7 +41,7 @@ def kb_dir(tmp_path: Path) -> Path:
 
 
 def test_counts_add_up_end_to_end(kb_dir: Path) -> None:
-    result = run_ingest([kb_dir], Settings(), today=TODAY)
+    result = run_ingest([kb_dir], IngestSettings(), today=TODAY)
     report = result.report
     assert [e.id for e in result.entries] == ["r1", "r3", "r6", "r7", result.entries[4].id]
     assert result.entries[0].merged_ids == ("r4",) and "如何退货" in result.entries[0].variants
@@ -60,7 +60,7 @@ def test_counts_add_up_end_to_end(kb_dir: Path) -> None:
 
 
 def test_report_json_and_render(kb_dir: Path) -> None:
-    report = run_ingest([kb_dir], Settings(), today=TODAY).report
+    report = run_ingest([kb_dir], IngestSettings(), today=TODAY).report
     data = json.loads(json.dumps(report.to_json(), ensure_ascii=False))
     assert data["rows_read"] == 10 and data["rejected_count"] == 2 and data["merged_entries"] == 1
     assert data["merged"][0]["members"] == [["r1", "如何退货？"], ["r4", "如何退货"]]
@@ -97,19 +97,19 @@ def test_progress_bar_only_for_large_inputs_on_a_terminal(tmp_path: Path, capsys
     path = tmp_path / "big.jsonl"
     rows = [json.dumps({"question": f"question number {i}", "answer": "x"}) for i in range(2100)]
     path.write_text("\n".join(rows) + "\n")
-    run_ingest([path], Settings(dedupe=False), today=TODAY, progress=True)
+    run_ingest([path], IngestSettings(dedupe=False), today=TODAY, progress=True)
     assert capsys.readouterr().err == ""  # stderr is not a terminal (a log file): no bar redraws in it
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    run_ingest([path], Settings(dedupe=False), today=TODAY, progress=True)
+    run_ingest([path], IngestSettings(dedupe=False), today=TODAY, progress=True)
     assert "validate" in capsys.readouterr().err
-    run_ingest([path], Settings(dedupe=False), today=TODAY, progress=False)
+    run_ingest([path], IngestSettings(dedupe=False), today=TODAY, progress=False)
     assert capsys.readouterr().err == ""
     small = tmp_path / "small.jsonl"
     small.write_text('{"question": "q", "answer": "a"}\n')
-    run_ingest([small], Settings(), today=TODAY, progress=True)
+    run_ingest([small], IngestSettings(), today=TODAY, progress=True)
     assert capsys.readouterr().err == ""
 
 
 def test_empty_directory_gives_an_empty_balanced_result(tmp_path: Path) -> None:
-    result = run_ingest([tmp_path], Settings(), today=TODAY)
+    result = run_ingest([tmp_path], IngestSettings(), today=TODAY)
     assert result.entries == [] and result.chunks == [] and result.report.arithmetic().startswith("read 0 = loaded 0")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.errors import BadInputError
 from kbsearch.ingest import run_ingest
 from kbsearch.ingest.validate import RowError, derived_id, parse_date
@@ -60,7 +60,7 @@ def test_each_rejection_reason_names_file_and_line(tmp_path: Path) -> None:
         {"id": "e7", "question": ["a", "list"], "answer": "x"},                    # 10 wrong shape
         {"id": "last", "question": "still read", "answer": "after the bad lines"},  # 11
     ])
-    result = run_ingest([path], Settings(), today=TODAY)
+    result = run_ingest([path], IngestSettings(), today=TODAY)
     got = reasons(result)
     assert got[2] == "empty question"
     assert got[3] == "empty answer"
@@ -79,19 +79,19 @@ def test_each_rejection_reason_names_file_and_line(tmp_path: Path) -> None:
 def test_identical_repeats_are_folded_and_counted(tmp_path: Path) -> None:
     row = {"id": "a", "question": "q", "answer": "x", "variants": ["v"]}
     path = write_jsonl(tmp_path / "kb.jsonl", [row, row, {"id": "b", "question": "q2", "answer": "y"}, row])
-    report = run_ingest([path], Settings(), today=TODAY).report
+    report = run_ingest([path], IngestSettings(), today=TODAY).report
     assert (report.rows_read, report.loaded, report.identical_repeats, len(report.rejected)) == (4, 2, 2, 0)
 
 
 def test_null_answer_filled_or_rejected_by_setting(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "kb.jsonl", [{"id": "i1", "question": "card arrival", "answer": None},
                                                {"id": "i2", "question": "card lost"}])
-    lenient = run_ingest([path], Settings(ingest_lenient_null_answer=True), today=TODAY)
+    lenient = run_ingest([path], IngestSettings(lenient_null_answer=True), today=TODAY)
     assert [e.answer for e in lenient.entries] == ["card arrival", "card lost"]
     assert lenient.report.answers_from_question == 2
-    strict = run_ingest([path], Settings(ingest_lenient_null_answer=False), today=TODAY)
+    strict = run_ingest([path], IngestSettings(lenient_null_answer=False), today=TODAY)
     assert strict.entries == []
-    assert {p.reason for p in strict.report.rejected} == {"empty answer (null; ingest_lenient_null_answer is off)"}
+    assert {p.reason for p in strict.report.rejected} == {"empty answer (null; ingest.lenient_null_answer is off)"}
 
 
 def test_derived_ids_are_stable_and_content_based() -> None:
@@ -109,7 +109,7 @@ def test_missing_ids_are_derived_and_collisions_explained(tmp_path: Path) -> Non
         {"question": "q", "answer": "x", "section": "A"},
         {"question": "q", "answer": "x", "section": "B"},
     ])
-    result = run_ingest([path], Settings(), today=TODAY)
+    result = run_ingest([path], IngestSettings(), today=TODAY)
     assert [e.id for e in result.entries] == [derived_id("q", "x")]
     (bad,) = result.report.rejected
     assert bad.line == 2 and "derived from question+answer" in bad.reason and f"{path}:1" in bad.reason
@@ -118,7 +118,7 @@ def test_missing_ids_are_derived_and_collisions_explained(tmp_path: Path) -> Non
 def test_variants_are_cleaned(tmp_path: Path) -> None:
     row = {"question": "q", "answer": "x", "variants": ["v1", " v1 ", "", "q", "v2"]}
     path = write_jsonl(tmp_path / "kb.jsonl", [row])
-    (entry,) = run_ingest([path], Settings(), today=TODAY).entries
+    (entry,) = run_ingest([path], IngestSettings(), today=TODAY).entries
     assert entry.variants == ("v1", "v2")
 
 
@@ -126,16 +126,16 @@ def test_strict_mode_raises_listing_every_bad_row(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "kb.jsonl", [{"question": "", "answer": "x"}, {"question": "ok", "answer": "y"},
                                                {"question": "q", "answer": "z", "valid_until": "31/12/2024"}])
     with pytest.raises(BadInputError) as info:
-        run_ingest([path], Settings(), today=TODAY, strict=True)
+        run_ingest([path], IngestSettings(), today=TODAY, strict=True)
     message = str(info.value)
     assert f"{path}:1: empty question" in message
     assert f"{path}:3: valid_until: unparseable date '31/12/2024'" in message
     assert info.value.exit_code == 2
     # the same input without strict: skipped and reported, the good row kept
-    result = run_ingest([path], Settings(), today=TODAY)
+    result = run_ingest([path], IngestSettings(), today=TODAY)
     assert [e.question for e in result.entries] == ["ok"] and len(result.report.rejected) == 2
 
 
 def test_strict_mode_passes_clean_input(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "kb.jsonl", [{"question": "ok", "answer": "y"}])
-    assert len(run_ingest([path], Settings(), today=TODAY, strict=True).entries) == 1
+    assert len(run_ingest([path], IngestSettings(), today=TODAY, strict=True).entries) == 1

@@ -27,9 +27,9 @@ from transformers import (
 
 from kbsearch.config import Settings
 from kbsearch.errors import BackendError, BadInputError, NotFoundError, NotReadyError
-from kbsearch.rerank import Reranker, make_reranker
+from kbsearch.rerank import Reranker, make_rerank_planner
 from kbsearch.rerank.cross_encoder import QWEN3_CHAT_TEMPLATE, CrossEncoderReranker, Qwen3Reranker
-from kbsearch.rerank.none import NoReranker
+from kbsearch.rerank.plan import SharedRerankPlanner
 
 # The official Qwen3-Reranker prompt (model card), spelled out here as the oracle.
 OFFICIAL_PREFIX = (
@@ -170,8 +170,7 @@ def reranker(request: pytest.FixtureRequest) -> Reranker:
 
 
 def test_backend_satisfies_protocol(reranker: Reranker) -> None:
-    assert isinstance(reranker, Reranker)
-    assert reranker.enabled is True
+    assert isinstance(reranker, Reranker) and reranker.model_id
 
 
 def test_scores_are_probabilities_in_input_order(reranker: Reranker) -> None:
@@ -196,7 +195,6 @@ def test_load_is_idempotent(reranker: Reranker) -> None:
 
 def test_describe_reports_model_and_limits(reranker: Reranker) -> None:
     info = reranker.describe()
-    assert info["enabled"] is True
     assert info["model_id"] == reranker.model_id
     assert info["loaded"] is True
     assert info["device"] == "cpu"
@@ -355,34 +353,32 @@ def test_constructor_validates(kwargs: dict, tmp_path: Path) -> None:
         CrossEncoderReranker("")
 
 
-# --- none and the factory ---------------------------------------------------------------------------
+# --- planners and the factory ---------------------------------------------------------------------------
 
 
-def test_no_reranker_is_disabled() -> None:
-    reranker = NoReranker()
-    assert isinstance(reranker, Reranker)
-    assert reranker.enabled is False
-    reranker.load()
-    reranker.load()
-    assert reranker.describe() == {"backend": "none", "enabled": False, "model_id": "none"}
-    with pytest.raises(BackendError, match="disabled"):
-        reranker.score(QUERY, DOCS)
+def test_none_plans_no_reranker_for_any_kb(tmp_path: Path) -> None:
+    planner = make_rerank_planner(Settings(rerank={"backend": "none"}))
+    assert isinstance(planner, SharedRerankPlanner) and planner.enabled is False and planner.model_id == "none"
+    planner.load()
+    plan = planner.plan(tmp_path / "any-kb")
+    assert plan.reranker is None and plan.why == "none" and planner.forced() is planner
+    assert planner.describe(tmp_path / "any-kb") is None  # not per KB
 
 
-def test_factory_builds_each_backend_from_settings(qwen3_dir: Path, bert_dirs: dict[int, Path]) -> None:
-    assert isinstance(make_reranker(Settings(rerank_backend="none")), NoReranker)
-
-    qwen3 = make_reranker(Settings(
-        rerank_backend="qwen3", rerank_model=str(qwen3_dir), rerank_instruction="Match FAQ entries",
-        rerank_batch_size=3, rerank_max_length=128, device="cpu",
-    ))
-    assert isinstance(qwen3, Qwen3Reranker)
+def test_factory_builds_each_backend_from_settings(qwen3_dir: Path, bert_dirs: dict[int, Path], tmp_path: Path) -> None:
+    planner = make_rerank_planner(Settings(rerank={
+        "backend": "qwen3", "model": str(qwen3_dir), "instruction": "Match FAQ entries", "batch_size": 3,
+        "max_length": 128, "doc": "question"}, device="cpu"))
+    plan = planner.plan(tmp_path / "any-kb")
+    qwen3 = plan.reranker
+    assert isinstance(qwen3, Qwen3Reranker) and (plan.doc, plan.weight, plan.model_id) == ("question", 1.0, str(qwen3_dir))
     assert (qwen3.instruction, qwen3.batch_size, qwen3.max_length, qwen3.device) == ("Match FAQ entries", 3, 128, "cpu")
     assert qwen3.loaded is False  # cheap: nothing loaded until load()
 
-    ce = make_reranker(Settings(rerank_backend="cross-encoder", rerank_model=str(bert_dirs[1]), device="auto"))
-    assert isinstance(ce, CrossEncoderReranker)
-    ce.load()
+    ce_planner = make_rerank_planner(Settings(rerank={"backend": "cross-encoder", "model": str(bert_dirs[1])}, device="auto"))
+    ce = ce_planner.plan(tmp_path / "any-kb").reranker
+    assert isinstance(ce, CrossEncoderReranker) and ce_planner.enabled
+    ce_planner.load()
     assert ce.describe()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert 0.0 <= ce.score(QUERY, DOCS[:1])[0] <= 1.0
 
@@ -391,9 +387,9 @@ def test_building_rerankers_imports_no_heavy_library() -> None:
     code = (
         "import sys\n"
         "from kbsearch.config import Settings\n"
-        "from kbsearch.rerank import make_reranker\n"
-        "for b in ('none', 'qwen3', 'cross-encoder'):\n"
-        "    make_reranker(Settings(rerank_backend=b, rerank_model='some/model'))\n"
+        "from kbsearch.rerank import make_rerank_planner\n"
+        "for b in ('none', 'kb', 'qwen3', 'cross-encoder'):\n"
+        "    make_rerank_planner(Settings(rerank={'backend': b, 'model': 'some/model'}))\n"
         "heavy = {'torch', 'transformers', 'sentence_transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

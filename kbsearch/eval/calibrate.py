@@ -21,8 +21,8 @@ from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.eval.run import EvalQuery, embed_questions, hit_ids
-from kbsearch.index.store import write_thresholds
-from kbsearch.rerank.base import Reranker
+from kbsearch.decide.thresholds import write_thresholds
+from kbsearch.rerank.base import RerankPlanner
 from kbsearch.service.query import QueryEngine
 
 
@@ -111,7 +111,7 @@ def sweep(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray) -> list
     return points
 
 
-def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
+def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, planner: RerankPlanner, *,
               target: float = 0.90, min_oos_handoff: float = 0.80, margins: tuple[float, ...] = (0.0,),
               store: bool = True) -> Calibration:
     """Choose and (by default) store ``kb``'s threshold for the score kind its query path decides with.
@@ -130,19 +130,19 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     if not 0 < target <= 1 or not 0 <= min_oos_handoff <= 1:
         raise BadInputError(f"target precision must be in (0, 1] and min_oos_handoff in [0, 1], "
                             f"got {target}, {min_oos_handoff}")
-    engine = QueryEngine(settings, embedder, reranker)
+    engine = QueryEngine(settings, embedder, planner)
     engine.load(kb)
-    qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
+    qvecs = embed_questions(embedder, queries, settings.embed.batch_size)
     answers = [engine.ask(q.query, kb=kb, top_k=2, query_vector=v) for q, v in zip(queries, qvecs)]
     engine.close()
     kinds = {a.mode for a in answers if a.hits}
     if len(kinds) != 1:
         raise BadInputError(f"answers came from several score kinds {sorted(kinds)}: is a backend failing?")
     kind = kinds.pop()
-    scores = np.array([a.hits[0].score if a.hits else -np.inf for a in answers], dtype=np.float64)
+    scores = np.array([a.decision.score if a.decision.score is not None else -np.inf for a in answers], dtype=np.float64)
     in_scope = np.array([bool(q.gold) for q in queries])
     correct = np.array([bool(a.hits) and bool(hit_ids(a.hits[0]) & set(q.gold)) for q, a in zip(queries, answers)])
-    gaps = np.array([a.hits[0].score - a.hits[1].score if len(a.hits) > 1 else np.inf for a in answers])
+    gaps = np.array([a.decision.gap if a.decision.gap is not None else np.inf for a in answers])
     best: CurvePoint | None = None
     margin, curve = 0.0, []
     for m in sorted(set(margins)):
@@ -161,8 +161,8 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
         answered_precision=best.answered_precision if best else None,
         coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
         queries=len(queries), in_scope=int(in_scope.sum()), out_of_scope=int((~in_scope).sum()),
-        curve=curve, model_id=embedder.model_id, reranker=reranker.model_id if kind == "rerank" else "none",
-        first_stage=settings.first_stage, date=dt.date.today().isoformat(),
+        curve=curve, model_id=embedder.model_id, reranker=planner.model_id if kind == "rerank" else "none",
+        first_stage=settings.retrieve.first_stage, date=dt.date.today().isoformat(),
     )
     if store and best is not None:
         write_thresholds(settings.kb_dir(kb), {kind: {

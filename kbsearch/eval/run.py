@@ -17,9 +17,8 @@ import numpy as np
 from kbsearch.config import FIRST_STAGES, Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
-from kbsearch.rerank.base import Reranker
-from kbsearch.rerank.kb import KbReranker, active_kb_reranker
-from kbsearch.rerank.none import NoReranker
+from kbsearch.rerank.base import RerankPlanner
+from kbsearch.rerank.plan import SharedRerankPlanner
 from kbsearch.service.query import QueryEngine
 from kbsearch.types import Answer, Hit
 
@@ -67,11 +66,11 @@ def prepare_benchmark(bench_dir: Path, settings: Settings, kb: str, embedder: Em
     kb_files = sorted(bench_dir.glob("kb*.jsonl"))
     if not kb_files:
         raise BadInputError(f"{bench_dir}: no kb.jsonl (or kb_*.jsonl) to ingest")
-    ingested = run_ingest(kb_files[:1], settings, progress=progress)
+    ingested = run_ingest(kb_files[:1], settings.ingest, progress=progress)
     built = build_index(settings, kb, ingested.entries, ingested.chunks, embedder, ingested.report.to_json(),
                         progress=progress)
     out = {**ingested.report.to_json(), "build_id": built.build_id, "build_seconds": built.seconds}
-    if settings.rerank_backend == "kb" and settings.kb_reranker_max_variants > 0:
+    if settings.rerank.backend == "kb" and settings.kb_reranker.max_variants > 0:
         from kbsearch.finetune.kb import train_kb_reranker
 
         trained = train_kb_reranker(settings, kb, progress=progress,
@@ -225,16 +224,17 @@ def score_answers(name: str, first_stage: str, reranker: str, queries: list[Eval
     )
 
 
-def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, reranker: Reranker, *,
+def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, planner: RerankPlanner, *,
              dataset: str = "", queries_file: str = "", first_stages: tuple[str, ...] = FIRST_STAGES,
              ingest: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate ``queries`` against ``kb`` under every configuration, in one run.
 
     Args:
-        settings: The base settings; each configuration overrides ``first_stage`` (and the reranker).
+        settings: The base settings; each configuration overrides ``retrieve.first_stage`` (and the reranker).
         kb: An ingested knowledge base under ``settings.home``.
         queries: Labelled questions (gold ``[]`` = should hand off).
-        embedder, reranker: Loaded once and shared by every configuration.
+        embedder, planner: Loaded once and shared by every configuration. Where the planner's KB reranker
+            is switched off by its self-check, a ``+rerank-forced`` configuration measures it anyway.
         first_stages: Which first stages to compare.
         ingest: The ingest report, stored with the figures.
         progress: Called with a line of text after each configuration.
@@ -243,31 +243,30 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
         raise BadInputError("no queries to evaluate")
     t0 = time.perf_counter()
     embedder.load()
-    if reranker.enabled:
-        reranker.load()
+    planner.load()
     te = time.perf_counter()
-    qvecs = embed_questions(embedder, queries, settings.embed_batch_size)
+    qvecs = embed_questions(embedder, queries, settings.embed.batch_size)
     embed_ms = (time.perf_counter() - te) * 1000 / len(queries)
-    # (name suffix, reranker name, reranker); reranked configurations run on the default first stage only.
-    rerankers: list[tuple[str, str, Reranker]] = [("", "none", NoReranker())]
-    if reranker.enabled:
-        rerankers.append(("+rerank", reranker.model_id, reranker))
-        kb_dir = settings.kb_dir(kb)
-        if isinstance(reranker, KbReranker) and not reranker.force and active_kb_reranker(kb_dir)[0] is None \
-                and active_kb_reranker(kb_dir, force=True)[0] is not None:
+    # (name suffix, reranker name, planner); reranked configurations run on the default first stage only.
+    rerankers: list[tuple[str, str, RerankPlanner]] = [("", "none", SharedRerankPlanner(None))]
+    if planner.enabled:
+        rerankers.append(("+rerank", planner.model_id, planner))
+        kb_dir, forced = settings.kb_dir(kb), planner.forced()
+        served, trained = planner.describe(kb_dir), forced.describe(kb_dir)
+        if served is not None and trained is not None and not served.on and trained.on:
             # Served without the stage (its self-check failed): measure what it would have done.
-            rerankers.append(("+rerank-forced", "kb (forced)", KbReranker(settings, force=True)))
+            rerankers.append(("+rerank-forced", forced.model_id, forced))
     results: list[ConfigResult] = []
     merged: dict[str, str] | None = None
     for stage in first_stages:
         for suffix, rname, rr in rerankers:
-            if suffix and stage != settings.first_stage:
+            if suffix and stage != settings.retrieve.first_stage:
                 continue
-            cfg = settings.model_copy(update={"first_stage": stage})
+            cfg = settings.updated(retrieve={"first_stage": stage})
             engine = QueryEngine(cfg, embedder, rr)
             engine.load(kb)
             if merged is None:
-                merged = {m: e.id for e in engine.build(kb).entries.values() for m in e.merged_ids}
+                merged = {m: e.id for e in engine.builds.get(kb).entries.values() for m in e.merged_ids}
             answers = [engine.ask(q.query, kb=kb, top_k=10, query_vector=v) for q, v in zip(queries, qvecs)]
             engine.close()
             name = stage + suffix
@@ -275,13 +274,13 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
             if progress:
                 progress(f"{name}: top1 {results[-1].top1:.3f}")
     snapshot = {k: v for k, v in settings.model_dump(mode="json").items()
-                if k.startswith(("embed", "rerank", "threshold", "vector", "bm25", "rrf", "fused", "question_rows", "dedupe"))}
+                if k in ("embed", "index", "retrieve", "rerank", "kb_reranker", "decide", "ingest")}
     return EvalReport(dataset=dataset, queries_file=queries_file, settings=snapshot, results=results,
                       embed_ms_per_query=round(embed_ms, 2),
                       machine=f"{platform.machine()} {_cpu_count()} CPU, {platform.python_implementation()} "
                               f"{platform.python_version()}",
                       date=dt.date.today().isoformat(), seconds=round(time.perf_counter() - t0, 1), ingest=ingest,
-                      default=settings.first_stage + ("+rerank" if reranker.enabled else ""))
+                      default=settings.retrieve.first_stage + ("+rerank" if planner.enabled else ""))
 
 
 def _cpu_count() -> int:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kbsearch.config import Settings
+from kbsearch.config import RerankDoc, Settings
 from kbsearch.errors import BadInputError
 from kbsearch.finetune.pairs import Pair, kb_pairs, load_pairs, split_dev
-from kbsearch.finetune.train import Recipe, TrainResult, finetune, pair_metrics, read_card
+from kbsearch.finetune.train import Recipe, TrainResult, finetune, pair_metrics
+from kbsearch.rerank.card import read_card
 
 
 def default_base(settings: Settings) -> str:
@@ -22,7 +23,7 @@ def default_base(settings: Settings) -> str:
     return str(materialize_e5_small(settings.model_cache))
 
 
-def variant_pairs(settings: Settings, kb: str, negatives: int, *, doc: str = "faq", max_variants: int = 0,
+def variant_pairs(settings: Settings, kb: str, negatives: int, *, doc: RerankDoc = "faq", max_variants: int = 0,
                   seed: int = 42) -> list[Pair]:
     """Training pairs from ``kb``'s variants, with hard negatives from its own vector index.
 

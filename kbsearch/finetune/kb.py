@@ -30,11 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbsearch.config import Settings
+from kbsearch.config import RerankDoc, Settings
 from kbsearch.errors import BadInputError
 from kbsearch.finetune.pairs import Pair, kb_pairs
-from kbsearch.finetune.train import CARD, Recipe, finetune, read_card
-from kbsearch.rerank.kb import ACTIVE, BLEND_WEIGHTS, KB_RERANKER_DOC, RERANKERS, SKIP, blend
+from kbsearch.finetune.train import Recipe, finetune
+from kbsearch.rerank.blend import BLEND_WEIGHTS, blend
+from kbsearch.rerank.card import CARD, read_card
+from kbsearch.rerank.kb import ACTIVE, KB_RERANKER_DOC, RERANKERS, SKIP
+from kbsearch.rerank.text import reranker_text
+from kbsearch.retrieve.grouping import group_rows
 
 #: Share of the sampled variants held out for the dev split and the self-check (at least 20 phrasings).
 CHECK_SHARE = 0.15
@@ -76,38 +80,22 @@ class KbRerankerResult:
 Mined = tuple[str, str, dict[str, str], dict[str, float]]
 
 
-def mine_variants(build: Any, rows: list[int], negatives: int, doc: str) -> list[Mined]:
+def mine_variants(build: Any, rows: list[int], negatives: int, doc: RerankDoc) -> list[Mined]:
     """For each variant row: ``(faq_id, text, docs, scores)`` with ``docs`` = FAQ id -> the text the reranker
-    reads, in the order the variant's stored vector ranks them (its own row excluded), its own FAQ included,
-    and ``scores`` = FAQ id -> that vector similarity (the first-stage score; absent for its own FAQ when
-    the search did not reach it).
-
-    ``doc`` = ``faq``: question + answer; ``question``: the FAQ's best-matching other phrasing (its question
-    when no phrasing is near), which is what the query path shows a question-question reranker.
+    reads (``kbsearch.rerank.text``, as the query path shows it), in the order the variant's stored vector
+    ranks them (its own row excluded), its own FAQ included, and ``scores`` = FAQ id -> that vector
+    similarity (the first-stage score; absent for its own FAQ when the search did not reach it).
     """
-    from kbsearch.service.query import rerank_doc
-
     k = min(len(build.rows), 64 + 8 * negatives)
     sims, hits = build.vectors.search(build.vectors.vectors(rows), k)
-
-    def text_of(faq_id: str, row: int | None) -> str:
-        entry = build.entries[faq_id]
-        if doc == "faq":
-            return rerank_doc(entry)
-        return build.rows[row].text if row is not None and build.rows[row].kind != "chunk" else entry.question
-
     out = []
-    for r, found, found_sims in zip(rows, hits.tolist(), sims.tolist()):
-        best: dict[str, int] = {}  # FAQ id -> its best row, in rank order
-        scores: dict[str, float] = {}
-        for h, sim in zip(found, found_sims):
-            if h >= 0 and h != r and build.rows[h].faq_id in build.entries and build.rows[h].faq_id not in best:
-                best[build.rows[h].faq_id] = h
-                scores[build.rows[h].faq_id] = float(sim)
+    for r, found, found_sims in zip(rows, hits, sims):
+        grouped = group_rows(found, found_sims, build.row_faq,
+                             keep=lambda h, r=r: h != r and build.rows[h].faq_id in build.entries)
         own = build.rows[r].faq_id
-        docs = {fid: text_of(fid, row) for fid, row in best.items()}
-        docs.setdefault(own, text_of(own, None))
-        out.append((own, build.rows[r].text, docs, scores))
+        docs = {faq: reranker_text(build.entries[faq], build.rows[row], doc, build.chunks) for faq, row, _ in grouped}
+        docs.setdefault(own, reranker_text(build.entries[own], None, doc, build.chunks))
+        out.append((own, build.rows[r].text, docs, {faq: score for faq, _, score in grouped}))
     return out
 
 
@@ -196,49 +184,50 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
     if active_build_id(kb_dir) is None:
         raise BadInputError(f"knowledge base {kb!r} has no build: run kbsearch ingest first")
     build = load_build(kb_dir, device="cpu")
-    seed = 42
-    rows = variant_rows(build, settings.kb_reranker_max_variants, seed) if build.vectors is not None else []
+    knobs = settings.kb_reranker
+    seed = knobs.seed
+    rows = variant_rows(build, knobs.max_variants, seed) if build.vectors is not None else []
     if build.vectors is None or len(rows) < MIN_VARIANTS:
         why = (f"vector index unavailable ({build.vector_error})" if build.vectors is None
                else f"the KB has {len(rows)} variants; a KB reranker needs at least {MIN_VARIANTS} to train and check")
         _skip(folder, f"no KB reranker: {why}")
         return KbRerankerResult(None, False, time.perf_counter() - t0, {"use": False, "reason": why})
 
-    mined = mine_variants(build, rows, settings.kb_reranker_negatives, KB_RERANKER_DOC)
+    mined = mine_variants(build, rows, knobs.negatives, KB_RERANKER_DOC)
     random.Random(seed).shuffle(mined)
     n_check = max(20, int(len(mined) * CHECK_SHARE))
     held_out, train_variants = mined[:n_check], mined[n_check:]
-    train, dev = kb_pairs(train_variants, settings.kb_reranker_negatives), kb_pairs(held_out, settings.kb_reranker_negatives)
+    train, dev = kb_pairs(train_variants, knobs.negatives), kb_pairs(held_out, knobs.negatives)
     # The check also reads variants outside the training sample: a variant-rich KB has many, and a
     # check on more variants decides on/off with less noise (about 0.1 s each on 2 CPU cores).
     unused = sorted(set(variant_rows(build, 0, seed)) - set(rows))
-    extra = sorted(random.Random(seed).sample(unused, min(len(unused), settings.kb_reranker_check_variants)))
-    check_set = held_out + (mine_variants(build, extra, settings.kb_reranker_negatives, KB_RERANKER_DOC) if extra else [])
+    extra = sorted(random.Random(seed).sample(unused, min(len(unused), knobs.check_variants)))
+    check_set = held_out + (mine_variants(build, extra, knobs.negatives, KB_RERANKER_DOC) if extra else [])
     base = str(materialize_e5_small(settings.model_cache))
-    recipe = Recipe(base=base, method="full", lr=1e-4, batch_size=32, epochs=settings.kb_reranker_epochs, balance=True,
-                    max_length=settings.kb_reranker_max_length, early_stop_patience=settings.kb_reranker_epochs, save_half=True,
+    recipe = Recipe(base=base, method="full", lr=knobs.lr, batch_size=knobs.batch_size, epochs=knobs.epochs, balance=True,
+                    max_length=knobs.max_length, early_stop_patience=knobs.epochs, save_half=True,
                     seed=seed, device=settings.device,
                     data=[f"kb {kb!r} build {build.build_id}: {len(train_variants)} variants -> {len(train)} pairs "
-                          f"({settings.kb_reranker_negatives} vector-ranked hard negatives each)",
+                          f"({knobs.negatives} vector-ranked hard negatives each)",
                           f"dev: {len(held_out)} held-out variants -> {len(dev)} pairs; self-check: those and "
                           f"{len(extra)} variants outside the training sample"])
-    key = _key(train, dev, recipe, settings.rerank_top_k)
+    key = _key(train, dev, recipe, settings.rerank.top_k)
     out = folder / key
     card = read_card(out)
     trained = False
 
     def check_model(path: Path) -> dict[str, Any]:
-        model = CrossEncoderReranker(str(path), batch_size=settings.rerank_batch_size,
-                                     max_length=settings.kb_reranker_max_length, device=settings.device)
+        model = CrossEncoderReranker(str(path), batch_size=settings.rerank.batch_size,
+                                     max_length=knobs.max_length, device=settings.device)
         model.load()
-        return self_check(model.score, check_set, settings.rerank_top_k, held_out=len(held_out))
+        return self_check(model.score, check_set, settings.rerank.top_k, held_out=len(held_out))
 
     if card is None or not card.get("complete") or "self_check" not in card:
         shutil.rmtree(out, ignore_errors=True)
         tmp = folder / f".training-{key}"
         shutil.rmtree(tmp, ignore_errors=True)
         say(f"training the KB reranker for {kb!r}: {len(train)} pairs from {len(train_variants)} variants, "
-            f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER_MAX_VARIANTS=0 to skip)")
+            f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER__MAX_VARIANTS=0 to skip)")
         try:
             result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
             check = check_model(tmp)

@@ -33,10 +33,10 @@ import numpy as np
 from kbsearch.devices import check_device, check_model_path, quiet_model_loading, resolve_device
 from kbsearch.errors import BadInputError, MissingDependencyError
 from kbsearch.finetune.pairs import Pair
+from kbsearch.rerank.card import CARD
 
 log = logging.getLogger(__name__)
 
-CARD = "kbsearch_pair_model.json"
 #: q/k/v projection names per architecture family, for LoRA.
 LORA_TARGETS = {"bert": ["query", "key", "value"], "xlm-roberta": ["query", "key", "value"],
                 "default": ["q_proj", "k_proj", "v_proj"]}
@@ -346,14 +346,8 @@ def write_card(out: Path, recipe: Recipe, result: TrainResult, device: str, *, c
         f"- Dev ({result.dev_pairs} pairs, best epoch {result.best_epoch}): accuracy {b.accuracy:.4f}, "
         f"F1 {b.f1:.4f} (macro F1 {b.macro_f1:.4f}), precision {b.precision:.4f}, recall {b.recall:.4f}\n"
         f"- Trained on {device} in {result.seconds:.0f} s, {card['date']}\n\n"
-        "Use: `KBSEARCH_RERANK_BACKEND=cross-encoder KBSEARCH_RERANK_MODEL=<this folder>`.\n",
+        "Use: `KBSEARCH_RERANK__BACKEND=cross-encoder KBSEARCH_RERANK__MODEL=<this folder>`.\n",
         encoding="utf-8")
-
-
-def read_card(folder: Path) -> dict[str, Any] | None:
-    """The card of a pair model folder, or None when it has none."""
-    path = Path(folder) / CARD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _tensorboard(path: Path) -> Any:

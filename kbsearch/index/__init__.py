@@ -1,0 +1,13 @@
+"""Index stage: the vector index behind one interface, and versioned builds on disk.
+
+``base.VectorIndex`` is what the query path and the KB reranker's self-check use (search, stored vectors,
+similarity of given rows); ``factory`` picks the backend (``faiss``, with GPU when present, or ``numpy``,
+the brute-force oracle) by name. ``builder`` turns entries into index rows, embeds them and writes a
+build; ``store`` keeps every build in its own directory with a typed ``manifest`` and publishes it by an
+atomic pointer swap.
+"""
+
+from kbsearch.index.base import VectorIndex
+from kbsearch.index.factory import build_vector_index, load_vector_index
+
+__all__ = ["VectorIndex", "build_vector_index", "load_vector_index"]

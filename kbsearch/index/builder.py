@@ -7,6 +7,7 @@ activated only once it is complete on disk.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
+from kbsearch.index.factory import build_vector_index
 from kbsearch.index.store import load_build, write_build
-from kbsearch.index.vector import FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
 
@@ -96,7 +97,7 @@ def build_index(
     """Embed and index ``entries``/``chunks``, write a new build of ``kb`` and activate it.
 
     Args:
-        settings: Service settings (home, batch size, device, keep_builds).
+        settings: ``home``, the ``embed`` group (batch size, row prompts) and the ``index`` group (backend, builds kept).
         kb: Knowledge-base name.
         entries, chunks: What to serve (from ingest, or from the active build on rebuild).
         embedder: A loaded or loadable embedder.
@@ -114,11 +115,11 @@ def build_index(
     embedder.load()
     t1 = time.perf_counter()
     seconds["model_load"] = t1 - t0
-    vectors = embed_rows(embedder, rows, settings.embed_batch_size, question_rows_as=settings.question_rows_as,
+    vectors = embed_rows(embedder, rows, settings.embed.batch_size, question_rows_as=settings.embed.question_rows_as,
                          progress=progress)
     t2 = time.perf_counter()
     seconds["embed"] = t2 - t1
-    index = FaissIndex.build(vectors, device="cpu")  # built to be saved; the service moves it to the GPU
+    index = build_vector_index(settings.index.backend, vectors, device="cpu")  # saved here; a service may load it on a GPU
     bm25 = BM25Index.build([r.text for r in rows], tokenizer=BM25_TOKENIZER)
     t3 = time.perf_counter()
     seconds["index"] = t3 - t2
@@ -126,15 +127,14 @@ def build_index(
     manifest = {
         "embedder": embedder.describe(),
         "model_id": embedder.model_id,
-        "row_prompts": {"question": settings.question_rows_as, "variant": settings.question_rows_as,
+        "row_prompts": {"question": settings.embed.question_rows_as, "variant": settings.embed.question_rows_as,
                         "chunk": "document"},
-        "vector_index": {"type": "faiss.IndexFlatIP", "metric": "inner_product", "normalised": True},
         "bm25": {"library": "rank-bm25", "variant": "BM25Okapi", "tokenizer": BM25_TOKENIZER,
                  "k1": bm25.k1, "b": bm25.b},
     }
     kb_dir = settings.kb_dir(kb)
     build_id = write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25,
-                           report=report, manifest=manifest, keep=settings.keep_builds)
+                           report=report, manifest=manifest, keep=settings.index.keep_builds)
     seconds["write"] = time.perf_counter() - t3
     return BuildResult(build_id=build_id, path=kb_dir / "builds" / build_id, seconds=seconds, rows=len(rows))
 
@@ -142,10 +142,8 @@ def build_index(
 def rebuild_index(settings: Settings, kb: str, embedder: Embedder, *, progress: bool = False) -> BuildResult:
     """Re-embed the entries stored in ``kb``'s active build into a new build and activate it."""
     current = load_build(settings.kb_dir(kb), device="cpu")
-    report = {"rebuilt_from": current.build_id}
+    report: dict[str, Any] = {"rebuilt_from": current.build_id}
     try:
-        import json
-
         report["ingest_report"] = json.loads((current.path / "report.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         report["ingest_report"] = None

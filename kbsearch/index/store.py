@@ -4,8 +4,8 @@ Layout under ``Settings.home``::
 
     <kb>/ACTIVE                    the active build id (replaced atomically with os.replace)
     <kb>/builds/<build_id>/        one immutable directory per build:
-        manifest.json              model, dimension, prompts, counts, sha256 of every file, created_at
-        entries.jsonl chunks.jsonl rows.jsonl vectors.faiss bm25.json report.json
+        manifest.json              model, dimension, prompts, vector backend, counts, sha256 of every file
+        entries.jsonl chunks.jsonl rows.jsonl vectors.faiss (or .npy) bm25.json report.json
 
 A build is written into ``builds/.tmp-<id>`` and renamed into place only when complete, then ACTIVE is
 swapped. A crash at any point leaves the previous build served. Loading verifies the checksums.
@@ -13,6 +13,7 @@ swapped. A crash at any point leaves the previous build served. Loading verifies
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -24,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from kbsearch.checksum import sha256_file
-from kbsearch.errors import IndexCorruptError, NotFoundError
-from kbsearch.index.vector import Device, FaissIndex
+from kbsearch.codes import FallbackCause
+from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
+from kbsearch.index.base import VectorIndex
+from kbsearch.index.factory import VECTOR_FILES, load_vector_index
+from kbsearch.index.manifest import BM25_FILE, REPORT_FILE, IndexManifest, VectorIndexInfo
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
 
 MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
-VECTORS = "vectors.faiss"
-BM25_FILE = "bm25.json"
-DATA_FILES = ("entries.jsonl", "chunks.jsonl", "rows.jsonl", VECTORS, BM25_FILE, "report.json")
 
 
 def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
@@ -80,7 +81,7 @@ def write_build(
     entries: list[FaqEntry],
     chunks: list[Chunk],
     rows: list[IndexRow],
-    vectors: FaissIndex,
+    vectors: VectorIndex,
     bm25: BM25Index,
     report: dict[str, Any],
     manifest: dict[str, Any],
@@ -94,7 +95,8 @@ def write_build(
         entries, chunks, rows: What the build serves; ``rows[i]`` is vector ``i`` and BM25 doc ``i``.
         vectors, bm25: The indexes over ``rows``.
         report: The ingest report (saved as report.json).
-        manifest: Extra manifest fields (embedder description, settings); counts and checksums are added.
+        manifest: ``IndexManifest`` fields describing how the build was made (``embedder``, ``model_id``,
+            ``row_prompts``, ``bm25``); the id, counts, vector backend and checksums are added here.
         keep: How many builds to keep after the swap (the active one always stays).
         build_id: Explicit id (tests); default a new timestamped id.
     """
@@ -109,19 +111,17 @@ def write_build(
         _write_jsonl(tmp / "entries.jsonl", [e.to_json() for e in entries])
         _write_jsonl(tmp / "chunks.jsonl", [c.to_json() for c in chunks])
         _write_jsonl(tmp / "rows.jsonl", [r.to_json() for r in rows])
-        vectors.save(tmp / VECTORS)
+        info = VectorIndexInfo(backend=vectors.backend, file=VECTOR_FILES[vectors.backend])
+        vectors.save(tmp / info.file)
         bm25.save(tmp / BM25_FILE)
-        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-        full = {
-            **manifest,
-            "build_id": build_id,
-            "kb": kb_dir.name,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "dimension": vectors.dim,
-            "counts": {"entries": len(entries), "chunks": len(chunks), "rows": len(rows)},
-            "checksums": {name: sha256_file(tmp / name) for name in DATA_FILES},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(full, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        full = IndexManifest(
+            build_id=build_id, kb=kb_dir.name,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            dimension=vectors.dim, counts={"entries": len(entries), "chunks": len(chunks), "rows": len(rows)},
+            checksums={}, vector_index=info, **manifest)
+        full = dataclasses.replace(full, checksums={name: sha256_file(tmp / name) for name in full.data_files})
+        (tmp / MANIFEST).write_text(json.dumps(full.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
         os.replace(tmp, builds / build_id)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,8 +155,9 @@ class Build:
         entries: FAQ entries by id.
         chunks: Chunks by ``(faq_id, ordinal)``.
         rows: Index rows, row ``i`` = vector ``i`` = BM25 doc ``i``.
-        vectors: The vector index, or None when it failed to load (the service then runs on BM25).
+        vectors: The vector index, or None when it failed to load or was refused (the service then runs on BM25).
         vector_error: Why the vector index is missing, when it is.
+        vector_cause: The fallback code for that (index missing, corrupt, or embedded by another model).
         bm25: The BM25 index, or None when it failed to load.
         bm25_error: Why the BM25 index is missing, when it is.
         faq_rows: Row numbers of each FAQ id (its question, variants and chunks).
@@ -164,16 +165,25 @@ class Build:
 
     build_id: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: IndexManifest
     entries: dict[str, FaqEntry]
     chunks: dict[tuple[str, int], Chunk]
     rows: list[IndexRow]
-    vectors: FaissIndex | None
+    vectors: VectorIndex | None
     vector_error: str | None
     bm25: BM25Index | None
     bm25_error: str | None
     faq_rows: dict[str, list[int]]
+    vector_cause: FallbackCause | None = None
     _kind_rows: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    _row_faq: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def row_faq(self) -> list[str]:
+        """The FAQ id of every row (row ``i`` -> ``rows[i].faq_id``); cached."""
+        if self._row_faq is None:
+            self._row_faq = [r.faq_id for r in self.rows]
+        return self._row_faq
 
     def rows_of_kind(self, kind: str) -> list[int]:
         """Row numbers of answer chunks (``"chunk"``) or of questions and variants (``"question"``); cached."""
@@ -186,11 +196,11 @@ class Build:
 def _load_part(loader: Callable[[], Any]) -> tuple[Any, str | None]:
     try:
         return loader(), None
-    except IndexCorruptError as exc:
+    except KbsearchError as exc:  # corrupt, an unknown backend, or a device that is not there
         return None, str(exc)
 
 
-def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto") -> Build:
+def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") -> Build:
     """Load a build (the active one by default), verifying every file's checksum.
 
     The entries, chunks and rows must be intact (else ``IndexCorruptError``); a missing or corrupt
@@ -206,12 +216,15 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto
         raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build under {kb_dir.parent}")
     path = kb_dir / "builds" / build_id
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        raw = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise IndexCorruptError(f"build {build_id} has no manifest at {path}") from exc
     except ValueError as exc:
         raise IndexCorruptError(f"build {build_id} manifest is not valid JSON: {exc}") from exc
-    checksums: dict[str, str] = manifest.get("checksums", {})
+    if not isinstance(raw, dict):
+        raise IndexCorruptError(f"build {build_id} manifest is not a JSON object")
+    manifest = IndexManifest.from_json(raw)
+    checksums = manifest.checksums
 
     def verify(name: str) -> Path:
         p = path / name
@@ -227,7 +240,8 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto
         rows = [IndexRow.from_json(d) for d in _read_jsonl(verify("rows.jsonl"))]
     except (ValueError, KeyError, TypeError) as exc:
         raise IndexCorruptError(f"build {build_id} entry data is malformed: {exc}") from exc
-    vectors, vector_error = _load_part(lambda: FaissIndex.load(verify(VECTORS), device=device))
+    vi = manifest.vector_index
+    vectors, vector_error = _load_part(lambda: load_vector_index(vi.backend, verify(vi.file), device=device))
     bm25, bm25_error = _load_part(lambda: BM25Index.load(verify(BM25_FILE)))
     for name, idx in (("vector", vectors), ("bm25", bm25)):
         if idx is not None and len(idx) != len(rows):
@@ -241,6 +255,8 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: Device = "auto
         rows=rows,
         vectors=vectors,
         vector_error=vector_error,
+        vector_cause=None if vectors is not None else (
+            FallbackCause.INDEX_MISSING if not (path / vi.file).is_file() else FallbackCause.INDEX_CORRUPT),
         bm25=bm25,
         bm25_error=bm25_error,
         faq_rows=_faq_rows(rows),
@@ -252,28 +268,3 @@ def _faq_rows(rows: list[IndexRow]) -> dict[str, list[int]]:
     for i, r in enumerate(rows):
         out.setdefault(r.faq_id, []).append(i)
     return out
-
-
-THRESHOLDS = "thresholds.json"
-
-
-def read_thresholds(kb_dir: Path) -> dict[str, dict[str, Any]]:
-    """The KB's calibrated thresholds by score kind (``{}`` when never calibrated or unreadable)."""
-    try:
-        data = json.loads((kb_dir / THRESHOLDS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]]) -> Path:
-    """Merge ``update`` (score kind -> calibration) into the KB's thresholds file, atomically."""
-    if active_build_id(kb_dir) is None:
-        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build to calibrate")
-    data = {**read_thresholds(kb_dir), **update}
-    tmp = kb_dir / f".{THRESHOLDS}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, kb_dir / THRESHOLDS)
-    return kb_dir / THRESHOLDS

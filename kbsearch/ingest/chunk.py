@@ -1,6 +1,6 @@
 """Split long answers into chunks at their own headings, else paragraphs, else sentences.
 
-An answer of at most ``settings.chunk_max_chars`` characters is one chunk. A longer one is cut:
+An answer of at most ``ingest.chunk_max_chars`` characters is one chunk. A longer one is cut:
 
 1. at its own heading lines: markdown ``#``..``######``, ``【标题】``, ``一、``, ``（一）``, ``1.``/``1、``/``1)``,
    ``Step 1:``, ``第一步``/``第1条``;
@@ -87,7 +87,7 @@ def split_answer(answer: str, max_chars: int) -> list[tuple[str, int, int, bool]
 
     Args:
         answer: The answer text.
-        max_chars: ``settings.chunk_max_chars``.
+        max_chars: ``ingest.chunk_max_chars``.
 
     Returns:
         ``(heading, start, end, body_starts_with_heading)`` per chunk, consecutive and covering the

@@ -4,13 +4,13 @@ Questions are compared in three forms (see ``QuestionKey``): the *key* (NFKC wid
 lowercase, punctuation and whitespace removed), the *core* tokens (the key's tokens minus noise:
 politeness, particles, articles, auxiliaries, pronouns; ``DedupePolicy``), and the core key.
 
-Candidates: MinHash-LSH (datasketch) over character shingles (``settings.dedupe_shingle``) of the core
+Candidates: MinHash-LSH (datasketch) over character shingles (``ingest.dedupe_shingle``) of the core
 key, so Chinese needs no word segmentation. Entries with equal core keys are candidates of each other.
 
 Confirmation, per candidate pair:
 
 1. equal keys or equal core keys (they differ only by punctuation/width/case/noise words): same;
-2. else rapidfuzz ``ratio`` of the core keys must reach ``settings.dedupe_confirm_ratio``, and then the
+2. else rapidfuzz ``ratio`` of the core keys must reach ``ingest.dedupe_confirm_ratio``, and then the
    *key-term guard* must pass: every token that differs between the two core token sequences must be an
    inflection of its counterpart (``card``/``cards``, ``apply``/``applied``). Any other differing content
    token (a CJK character such as 借 vs 花, a digit, an English word such as ``car``/``auto``) refuses
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from rapidfuzz import fuzz
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.ingest.report import MergedCluster, PairNote
 from kbsearch.types import FaqEntry
 
@@ -230,7 +230,7 @@ class Deduper:
         policy: What counts as noise; the default suits Chinese and English FAQs.
     """
 
-    def __init__(self, settings: Settings, policy: DedupePolicy | None = None) -> None:
+    def __init__(self, settings: IngestSettings, policy: DedupePolicy | None = None) -> None:
         self.settings = settings
         self.policy = policy or DedupePolicy()
 

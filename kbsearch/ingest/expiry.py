@@ -4,7 +4,7 @@
   in the report as expired). The query path checks validity again at serving time.
 * Text that declares a dated policy (``2024年新规``, ``2023年起``, ``自2022年3月1日起``, ``effective until
   2023-12-31``, ``as of January 2022``, ``valid through 2023``, ``2021 policy``, ...) whose date is more
-  than ``settings.policy_max_age_days`` before the ingest day: the entry is kept with the flag
+  than ``ingest.policy_max_age_days`` before the ingest day: the entry is kept with the flag
   ``dated-policy:<date>`` (``2023``, ``2022-01`` or ``2023-12-31``, as precise as the text). A year
   alone counts from 1 January, a month from its first day. Question and answer are both scanned.
 """

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbsearch.config import Settings
+from kbsearch.config import IngestSettings
 from kbsearch.errors import BadInputError
 from kbsearch.ingest.chunk import chunk_entries
 from kbsearch.ingest.dedupe import Deduper
@@ -70,7 +70,7 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], 
 
 def run_ingest(
     paths: list[Path],
-    settings: Settings,
+    settings: IngestSettings,
     *,
     today: dt.date | None = None,
     strict: bool = False,
@@ -80,8 +80,7 @@ def run_ingest(
 
     Args:
         paths: Files and/or directories (walked recursively in sorted order).
-        settings: Uses the ``dedupe*``, ``policy_max_age_days``, ``chunk_max_chars`` and
-            ``ingest_lenient_null_answer`` settings.
+        settings: The ``ingest`` group (dedupe, policy age, chunk size, lenient null answers).
         today: The day validity windows and policy ages are judged on (default: today).
         strict: Raise instead of skipping when any row is rejected or any file is unreadable.
         progress: Show tqdm progress bars on stderr for inputs over ``PROGRESS_MIN_ROWS`` rows.
@@ -111,7 +110,7 @@ def run_ingest(
         report.rows_read = len(records) + len(report.rejected)
 
     with _timed(report, "validate"), _progress(progress, len(records), "validate") as tick:
-        checked = validate(records, lenient_null_answer=settings.ingest_lenient_null_answer, tick=tick)
+        checked = validate(records, lenient_null_answer=settings.lenient_null_answer, tick=tick)
         report.rejected.extend(checked.rejected)
         report.identical_repeats = checked.identical_repeats
         report.answers_from_question = checked.answers_from_question

@@ -1,7 +1,7 @@
 """Turn raw records into ``FaqEntry`` values, rejecting bad rows with a reason each.
 
 A row is rejected for: an empty question; an empty answer (a *missing/null* answer is filled with the
-question when ``settings.ingest_lenient_null_answer``, as intent datasets need); a date that does not
+question when ``ingest.lenient_null_answer``, as intent datasets need); a date that does not
 parse (``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``YYYY年M月D日``, ISO datetimes; XLSX date cells);
 ``valid_from`` after ``valid_until``; a field of the wrong shape; or an id already used by an earlier row
 with different content (the later row is rejected and the message names the earlier one). A row that
@@ -142,7 +142,7 @@ def to_entry(record: RawRecord, *, lenient_null_answer: bool) -> tuple[FaqEntry,
     filled = raw_answer is None and lenient_null_answer
     answer = question if filled else _text(raw_answer, "answer")
     if not answer:
-        raise RowError("empty answer" + (" (null; ingest_lenient_null_answer is off)" if raw_answer is None else ""))
+        raise RowError("empty answer" + (" (null; ingest.lenient_null_answer is off)" if raw_answer is None else ""))
     dates = {}
     for name in ("valid_from", "valid_until"):
         try:

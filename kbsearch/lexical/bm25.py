@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kbsearch.errors import IndexCorruptError
+from kbsearch.codes import FallbackCause
+from kbsearch.errors import BackendError, IndexCorruptError
 from kbsearch.lexical.tokenize import TokenizerName, get_tokenizer
 
 FORMAT_VERSION = 1
@@ -73,21 +74,34 @@ class BM25Index:
         return float(sum(max(self._bm25.idf.get(t, 0.0), 0.0) for t in terms) * (self.k1 + 1))
 
     def scores(self, query: str) -> tuple[np.ndarray, float]:
-        """Return raw BM25 scores for every row, and the query's upper bound (0 when no term is known)."""
+        """Return raw BM25 scores for every row, and the query's upper bound (0 when no term is known).
+
+        Raises:
+            BackendError: rank-bm25 failed (cause ``bm25-error``).
+        """
         terms = self._tokenize(query)
-        return np.asarray(self._bm25.get_scores(terms), dtype=np.float32), self._bound(terms)
+        try:
+            return np.asarray(self._bm25.get_scores(terms), dtype=np.float32), self._bound(terms)
+        except (ArithmeticError, ValueError, IndexError, TypeError) as exc:  # rank-bm25's internals
+            raise BackendError(f"BM25 scoring failed: {type(exc).__name__}: {exc}", FallbackCause.BM25_ERROR) from exc
 
     def normalised_scores_for(self, query: str, rows: list[int]) -> np.ndarray:
         """Normalised scores (raw / the query's upper bound, in [0, 1]) of the given rows only.
 
         Cheaper than scoring every row: the vector path uses it to show the BM25 score of its
         candidates.
+
+        Raises:
+            BackendError: rank-bm25 failed (cause ``bm25-error``).
         """
         terms = self._tokenize(query)
         bound = self._bound(terms)
         if bound <= 0 or not rows:
             return np.zeros(len(rows), dtype=np.float32)
-        raw = np.asarray(self._bm25.get_batch_scores(terms, rows), dtype=np.float32)
+        try:
+            raw = np.asarray(self._bm25.get_batch_scores(terms, rows), dtype=np.float32)
+        except (ArithmeticError, ValueError, IndexError, TypeError) as exc:  # rank-bm25's internals
+            raise BackendError(f"BM25 scoring failed: {type(exc).__name__}: {exc}", FallbackCause.BM25_ERROR) from exc
         return np.clip(raw / bound, 0.0, 1.0)
 
     def search(self, query: str, k: int) -> LexicalHits:

@@ -1,7 +1,7 @@
 """Rerankers backed by sentence-transformers' ``CrossEncoder``: Qwen3-Reranker and generic cross-encoders.
 
 Both backends load through ``sentence_transformers.CrossEncoder`` (v6) and return probabilities in
-[0, 1], whatever activation a checkpoint saved, so ``Settings.threshold_rerank`` means the same thing
+[0, 1], whatever activation a checkpoint saved, so ``decide.threshold_rerank`` means the same thing
 for every model:
 
 * ``Qwen3Reranker`` (``rerank_backend = "qwen3"``): the official Qwen3-Reranker checkpoints are causal
@@ -91,7 +91,6 @@ class _CrossEncoderBackend:
     ``predict`` kwargs to pass, and how raw scores become probabilities.
     """
 
-    enabled: bool = True
     backend: ClassVar[str]
 
     def __init__(self, model_id: str, *, batch_size: int = 16, max_length: int = 512, device: str = "auto") -> None:
@@ -188,7 +187,6 @@ class _CrossEncoderBackend:
         """What the manifest/readiness report records: backend, model, limits, device, load state."""
         return {
             "backend": self.backend,
-            "enabled": self.enabled,
             "model_id": self.model_id,
             "batch_size": self.batch_size,
             "max_length": self.max_length,
@@ -221,7 +219,7 @@ class Qwen3Reranker(_CrossEncoderBackend):
 
     Args:
         model_id: Hub id or local directory of an official Qwen3-Reranker (causal LM) checkpoint.
-        instruction: The ``<Instruct>`` text (``Settings.rerank_instruction``); must not be empty.
+        instruction: The ``<Instruct>`` text (``rerank.instruction``); must not be empty.
         batch_size: Pairs per forward pass.
         max_length: Tokens per rendered pair; longer documents are cut, the prompt's tail is kept.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -245,7 +243,7 @@ class Qwen3Reranker(_CrossEncoderBackend):
         # ST only adds the system message for a non-empty prompt; an empty one would silently fall
         # back to the model card's web-search instruction.
         if not instruction or not instruction.strip():
-            raise BadInputError("the Qwen3 rerank instruction must not be empty (Settings.rerank_instruction)")
+            raise BadInputError("the Qwen3 rerank instruction must not be empty (rerank.instruction)")
         self.instruction = instruction
 
     def describe(self) -> dict[str, Any]:

@@ -1,42 +1,36 @@
-"""Pick the reranker backend named by ``Settings.rerank_backend``.
+"""Build the reranker planner ``RerankSettings.backend`` names.
 
-Building a reranker is cheap and imports neither torch nor sentence-transformers; the caller runs
-``load()`` at startup.
+Building is cheap and imports neither torch nor sentence-transformers; the caller runs ``load()`` at startup.
 """
 
 from __future__ import annotations
 
 from kbsearch.config import Settings
 from kbsearch.errors import BadInputError
-from kbsearch.rerank.base import Reranker
+from kbsearch.rerank.base import RerankPlanner
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker, Qwen3Reranker
-from kbsearch.rerank.kb import KbReranker
-from kbsearch.rerank.none import NoReranker
+from kbsearch.rerank.kb import KbRerankPlanner
+from kbsearch.rerank.plan import SharedRerankPlanner
 
 
-def make_reranker(settings: Settings) -> Reranker:
-    """Return the (not yet loaded) reranker that ``settings`` configure.
+def make_rerank_planner(settings: Settings) -> RerankPlanner:
+    """The (not yet loaded) planner that ``settings.rerank`` configures.
 
-    ``none`` -> ``NoReranker`` (``enabled`` False); ``kb`` -> ``KbReranker`` (each KB's own trained
-    model); ``qwen3`` -> ``Qwen3Reranker`` with
-    ``rerank_instruction``; ``cross-encoder`` -> ``CrossEncoderReranker``. Both model backends take
-    ``rerank_model``, ``rerank_batch_size``, ``rerank_max_length`` and ``device``.
+    ``none`` -> no reranker; ``kb`` -> each KB's own trained model (``kb_reranker.max_length``);
+    ``qwen3`` -> ``Qwen3Reranker`` with ``rerank.instruction``; ``cross-encoder`` -> ``CrossEncoderReranker``.
+    Both model backends take ``rerank.model``, ``rerank.batch_size``, ``rerank.max_length`` and ``device``.
 
     Raises:
-        BadInputError: unknown backend name, or a setting the backend rejects.
+        BadInputError: unknown backend, or a setting the backend rejects.
     """
-    backend = settings.rerank_backend
-    if backend == "none":
-        return NoReranker()
-    if backend == "kb":
-        return KbReranker(settings)
-    limits = {
-        "batch_size": settings.rerank_batch_size,
-        "max_length": settings.rerank_max_length,
-        "device": settings.device,
-    }
-    if backend == "qwen3":
-        return Qwen3Reranker(settings.rerank_model, settings.rerank_instruction, **limits)
-    if backend == "cross-encoder":
-        return CrossEncoderReranker(settings.rerank_model, **limits)
-    raise BadInputError(f"unknown rerank_backend {backend!r}; expected 'none', 'kb', 'qwen3' or 'cross-encoder'")
+    r = settings.rerank
+    if r.backend == "none":
+        return SharedRerankPlanner(None, r.doc)
+    if r.backend == "kb":
+        return KbRerankPlanner(r, settings.kb_reranker.max_length, settings.device)
+    limits = {"batch_size": r.batch_size, "max_length": r.max_length, "device": settings.device}
+    if r.backend == "qwen3":
+        return SharedRerankPlanner(Qwen3Reranker(r.model, r.instruction, **limits), r.doc)
+    if r.backend == "cross-encoder":
+        return SharedRerankPlanner(CrossEncoderReranker(r.model, **limits), r.doc)
+    raise BadInputError(f"unknown rerank backend {r.backend!r}; expected 'none', 'kb', 'qwen3' or 'cross-encoder'")

@@ -1,27 +1,27 @@
-"""The ``kb`` reranker: each knowledge base's own pair model, trained from its variants.
+"""``rerank.backend = "kb"``: each knowledge base's own reranker, as serving sees it.
 
-``kbsearch ingest`` (with ``rerank_backend = "kb"``, the default) trains a cross-encoder from the
-bundled e5-small base on the KB's variants and their hard negatives (``kbsearch.finetune.kb``), and
-keeps it under ``indexes/<kb>/rerankers/<key>/``; ``ACTIVE`` names the one in use. Training is
-cached: the key is a hash of the training pairs, the recipe and the base, so re-ingesting the same
-variants reuses the model. Its card records a self-check on held-out variants, which also picks the
-blend weight ``w``: the stage orders its window by ``blend`` of the first-stage score and the model's
-(``w`` = 1: the model alone). When no weight beat the first stage there (or the KB has no variants, so
-nothing was trained), the query path skips the stage for that KB and says why in the response notes.
+``kbsearch ingest`` trains a KB's cross-encoder from its variants and self-checks it
+(``kbsearch.finetune.kb``). On disk, beside the KB's builds::
+
+    <kb>/rerankers/ACTIVE          the key of the model in use
+    <kb>/rerankers/SKIP            why the KB has none (no variants, training failed), when it has none
+    <kb>/rerankers/<key>/          the model folder, its card (``card.CARD``) holding the self-check
+
+``KbRerankPlanner`` reads that per KB (one stat per question; re-read when the folder changes) and plans
+the KB's model with the blend weight its self-check chose, or no reranker when the check did not pass,
+and says why. The model itself is a ``CrossEncoderReranker`` like any other backend.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from kbsearch.config import Settings
-from kbsearch.errors import BackendError
-from kbsearch.finetune.train import CARD
+from kbsearch.config import RerankDoc, RerankSettings
+from kbsearch.errors import BackendError, KbsearchError
+from kbsearch.rerank.base import RerankPlan, RerankState
+from kbsearch.rerank.card import CARD
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
 
 RERANKERS = "rerankers"
@@ -30,34 +30,11 @@ RERANKERS = "rerankers"
 ACTIVE = "ACTIVE"
 """File in ``RERANKERS`` naming the key of the reranker in use."""
 
-KB_RERANKER_DOC = "question"
-"""What a KB reranker reads per candidate (``rerank_doc``): the matched question or variant, as it trained."""
-
 SKIP = "SKIP"
 """File in ``RERANKERS`` saying why the KB has no reranker in use (e.g. no variants)."""
 
-
-BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-"""Blend weights the self-check tries, smallest first (a tie keeps the one nearer the first stage)."""
-
-
-def blend(first: Sequence[float], probs: Sequence[float], weight: float) -> list[float]:
-    """Ordering keys for a window of candidates: ``(1 - w) * z(first) + w * z(logit(probs))``.
-
-    ``z`` standardises over the window (mean 0, s.d. 1), so the first stage's score scale (cosine,
-    linear fusion, RRF, BM25) does not matter and the self-check's weight, picked on vector scores,
-    carries over to the fused stage. ``weight`` 1: the reranker's order alone.
-    """
-    logits = [math.log(max(p, 1e-6) / max(1.0 - p, 1e-6)) for p in probs]
-    if weight >= 1.0:
-        return logits
-
-    def z(xs: Sequence[float]) -> list[float]:
-        mean = sum(xs) / len(xs)
-        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) or 1.0
-        return [(x - mean) / sd for x in xs]
-
-    return [(1.0 - weight) * a + weight * b for a, b in zip(z(first), z(logits))]
+KB_RERANKER_DOC: RerankDoc = "question"
+"""What a KB reranker reads per candidate: the matched question or variant, as it trained."""
 
 
 def kb_reranker_weight(path: Path) -> float:
@@ -89,74 +66,84 @@ def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | Non
     return path, "ok"
 
 
-class KbReranker:
-    """``rerank_backend = "kb"``: resolves and loads each KB's own reranker on first use.
+class _Models:
+    """Loaded KB models by folder, shared by a planner and its forced twin."""
 
-    The query path asks ``for_kb(kb_dir)`` per question (``force``: also where the self-check failed); ``score`` itself is not used (it raises).
-    Loaded models are kept per folder, so a retrained KB reranker is picked up on its next question.
+    def __init__(self, settings: RerankSettings, max_length: int, device: str) -> None:
+        self.settings, self.max_length, self.device = settings, max_length, device
+        self.loaded: dict[Path, CrossEncoderReranker] = {}
+        self.lock = threading.Lock()
+
+    def get(self, path: Path) -> CrossEncoderReranker:
+        model = self.loaded.get(path)
+        if model is None:
+            with self.lock:
+                model = self.loaded.get(path)
+                if model is None:
+                    model = CrossEncoderReranker(str(path), batch_size=self.settings.batch_size,
+                                                 max_length=self.max_length, device=self.device)
+                    try:
+                        model.load()
+                    except KbsearchError as exc:  # a broken folder is this KB's backend failure, not bad input
+                        raise BackendError(f"KB reranker {path} failed to load: {exc}") from exc
+                    self.loaded[path] = model
+        return model
+
+
+class KbRerankPlanner:
+    """Plans each KB's own reranker (see the module docstring).
+
+    Args:
+        settings: The ``rerank`` group (batch size).
+        max_length: Tokens per pair, as the KB rerankers trained (``kb_reranker.max_length``).
+        device: Where the models run.
+        force: Use a KB's model even where its self-check switched it off (``forced()``).
     """
 
-    enabled: bool = True
-    model_id: str = "kb"
+    enabled = True
 
-    def __init__(self, settings: Settings, *, force: bool = False) -> None:
-        self.settings = settings
-        self.force = force  # use a KB's model even where its self-check failed (``kbsearch eval`` shows both)
-        self._models: dict[Path, CrossEncoderReranker] = {}
-        self._weights: dict[Path, float] = {}
-        self._resolved: dict[Path, tuple[int, tuple[Path | None, str]]] = {}  # kb dir -> (folder mtime, answer)
-        self._lock = threading.Lock()
+    def __init__(self, settings: RerankSettings, max_length: int, device: str = "auto", *, force: bool = False,
+                 _models: _Models | None = None) -> None:
+        self.force = force
+        self.model_id = "kb (forced)" if force else "kb"
+        self._models = _models or _Models(settings, max_length, device)
+        self._args = (settings, max_length, device)
+        self._resolved: dict[Path, tuple[int, tuple[Path | None, str], float]] = {}  # kb dir -> (mtime, answer, weight)
 
     def load(self) -> None:
         """Nothing to load up front: each KB's model loads on its first question."""
 
-    def for_kb(self, kb_dir: Path) -> tuple[CrossEncoderReranker | None, str, float]:
-        """The loaded reranker for the KB in ``kb_dir`` and its blend weight, or None and why the stage is
-        skipped. The folder comes from the asking engine's settings, which may name another home than
-        the ones this reranker was made with (``kbsearch eval`` ingests into a temporary home).
-
-        Raises:
-            BackendError (or another ``kbsearch.errors`` error): the KB's model failed to load.
-        """
-        path, why = self.resolve(kb_dir)
-        if path is None:
-            return None, why, 0.0
-        model = self._models.get(path)
-        if model is None:
-            with self._lock:
-                model = self._models.get(path)
-                if model is None:
-                    model = CrossEncoderReranker(str(path), batch_size=self.settings.rerank_batch_size,
-                                                 max_length=self.settings.kb_reranker_max_length,
-                                                 device=self.settings.device)
-                    model.load()
-                    self._models[path] = model
-        return model, "ok", self._weights[path]
-
-    def resolve(self, kb_dir: Path) -> tuple[Path | None, str]:
-        """``active_kb_reranker`` for this reranker's ``force``, re-read only when the rerankers folder
-        changes (training switches models by replacing files in it): one stat per question."""
+    def _resolve(self, kb_dir: Path) -> tuple[Path | None, str, float]:
+        """``active_kb_reranker`` and the blend weight, re-read only when the rerankers folder changes
+        (training switches models by replacing files in it): one stat per question."""
         try:
             mtime = (Path(kb_dir) / RERANKERS).stat().st_mtime_ns
         except FileNotFoundError:
             mtime = -1
         cached = self._resolved.get(kb_dir)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, active_kb_reranker(kb_dir, force=self.force))
-            if cached[1][0] is not None:  # a re-check may have changed the weight of a model already loaded
-                self._weights[cached[1][0]] = kb_reranker_weight(cached[1][0])
+            path, why = active_kb_reranker(kb_dir, force=self.force)
+            cached = (mtime, (path, why), kb_reranker_weight(path) if path is not None else 0.0)
             self._resolved[kb_dir] = cached
-        return cached[1]
+        (path, why), weight = cached[1], cached[2]
+        return path, why, weight
 
-    def score(self, query: str, docs: list[str]) -> list[float]:
-        """Not used: the query path scores with ``for_kb(kb_dir)``'s model.
+    def plan(self, kb_dir: Path) -> RerankPlan:
+        """The KB's model with its self-check's weight, or none and why.
 
         Raises:
-            BackendError: always.
+            BackendError: the KB's model failed to load.
         """
-        raise BackendError("the kb reranker scores per knowledge base: call for_kb(kb) first")
+        path, why, weight = self._resolve(kb_dir)
+        if path is None:
+            return RerankPlan(None, KB_RERANKER_DOC, 0.0, why, "KB reranker", "none")
+        return RerankPlan(self._models.get(path), KB_RERANKER_DOC, weight, "ok", "KB reranker", self.model_id)
 
-    def describe(self) -> dict[str, Any]:
-        """Backend and the KB models loaded so far."""
-        return {"backend": "kb", "enabled": True, "model_id": self.model_id,
-                "loaded": sorted(str(p) for p in self._models)}
+    def forced(self) -> KbRerankPlanner:
+        """This planner ignoring the self-checks, sharing the loaded models."""
+        return KbRerankPlanner(*self._args, force=True, _models=self._models)
+
+    def describe(self, kb_dir: Path) -> RerankState:
+        """The KB's model folder and weight, or why the KB has no reranker."""
+        path, why, weight = self._resolve(kb_dir)
+        return RerankState(True, str(path), weight, "ok") if path is not None else RerankState(False, "none", None, why)

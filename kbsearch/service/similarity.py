@@ -1,7 +1,7 @@
 """Pair judgement: do two questions mean the same? (``POST /similarity``, ``kbsearch similar``)
 
 The judge is a pair model trained by ``kbsearch finetune`` (a cross-encoder with one logit), loaded
-from ``Settings.pair_model``; P(same meaning) = sigmoid(logit) is compared with ``pair_threshold``.
+from ``pair.model``; P(same meaning) = sigmoid(logit) is compared with ``pair.threshold``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kbsearch.config import Settings
+from kbsearch.config import PairSettings
 from kbsearch.errors import NotReadyError
 from kbsearch.rerank.base import Reranker
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
@@ -21,18 +21,19 @@ class PairJudge:
     """Scores a pair of texts with the configured pair model.
 
     Args:
-        settings: ``pair_model``, ``pair_threshold``, ``pair_max_length`` and ``device`` apply.
+        settings: The ``pair`` group (model, threshold, max_length, batch size).
+        device: Where the model runs.
         model: A loaded-or-loadable scorer to use instead of the configured folder (tests).
     """
 
-    def __init__(self, settings: Settings, model: Reranker | None = None):
-        self.threshold = settings.pair_threshold
-        self.model_id = settings.pair_model
+    def __init__(self, settings: PairSettings, device: str = "auto", model: Reranker | None = None):
+        self.threshold = settings.threshold
+        self.model_id = settings.model
         self.error: str | None = None
         self._model = model
-        if model is None and settings.pair_model:
-            self._model = CrossEncoderReranker(settings.pair_model, batch_size=8,
-                                               max_length=settings.pair_max_length, device=settings.device)
+        if model is None and settings.model:
+            self._model = CrossEncoderReranker(settings.model, batch_size=settings.batch_size,
+                                               max_length=settings.max_length, device=device)
 
     def load(self) -> None:
         """Load the model; a failure is kept in ``error`` (``judge`` then raises NotReadyError)."""
@@ -45,6 +46,7 @@ class PairJudge:
             log.error("pair model failed to load: %s", self.error)
 
     def describe(self) -> dict[str, Any]:
+        """The configured model, threshold and load error."""
         return {"pair_model": self.model_id or None, "threshold": self.threshold, "error": self.error}
 
     def judge(self, a: str, b: str) -> tuple[bool, float]:
@@ -55,7 +57,7 @@ class PairJudge:
         """
         if self._model is None:
             raise NotReadyError("no pair model configured: train one with `kbsearch finetune` and set "
-                                "KBSEARCH_PAIR_MODEL to its folder")
+                                "KBSEARCH_PAIR__MODEL to its folder")
         if self.error is not None:
             raise NotReadyError(f"pair model {self.model_id!r} failed to load: {self.error}")
         score = float(self._model.score(a, [b])[0])

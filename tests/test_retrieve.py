@@ -1,0 +1,73 @@
+"""The first stages' pure parts, on frozen values: grouping rows into FAQs, the linear fusion and reciprocal-rank
+fusion (each checked against the arithmetic done here by hand)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from kbsearch.retrieve.fusion import LinearWeights, linear_fusion, reciprocal_rank_fusion
+from kbsearch.retrieve.grouping import group_rows
+from kbsearch.types import Candidate, IndexRow
+from support import entry
+
+ROWS = [IndexRow("a", "question", "qa"), IndexRow("a", "variant", "va"), IndexRow("a", "chunk", "ca", 0),
+        IndexRow("b", "question", "qb"), IndexRow("b", "chunk", "cb", 0), IndexRow("c", "question", "qc")]
+ENTRIES = {f: entry(f, f"q{f}", f"answer {f}") for f in "abc"}
+
+
+def cand(faq: str, row: int, **scores) -> Candidate:
+    return Candidate(entry=ENTRIES[faq], row=ROWS[row], **scores)
+
+
+def test_group_rows_keeps_the_best_row_per_faq_in_rank_order():
+    row_faq = [r.faq_id for r in ROWS]
+    got = group_rows(np.array([1, 3, 0, -1, 5, 4]), np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), row_faq)
+    assert got == [("a", 1, pytest.approx(0.9)), ("b", 3, pytest.approx(0.8)), ("c", 5, pytest.approx(0.5))]
+    # ``keep`` drops rows (the self-check leaves a variant's own row out), -1 padding is skipped
+    got = group_rows([1, 0, 3], [0.9, 0.7, 0.8], row_faq, keep=lambda r: r != 1)
+    assert [(f, r) for f, r, _ in got] == [("b", 3), ("a", 0)]
+
+
+def test_linear_fusion_by_hand():
+    w = LinearWeights(answer=0.35, bm25=0.1, variant_k=5, variant_weight=1.0)
+    cands = [cand("a", 0, vector=0.5), cand("b", 3)]
+    spans = [[0, 1, 2], [3, 4]]
+    sims = np.array([0.8, 0.9, 0.6, 0.7, 0.95], dtype=np.float32)
+    bm25 = np.array([0.1, 0.3, 0.2, 0.0, 0.5], dtype=np.float32)
+    out = linear_fusion(cands, spans, sims, bm25, ROWS, w)
+    a_score = (0.9 + (0.9 + 0.8) / 2) / 2 + 0.35 * 0.6 + 0.1 * 0.3
+    b_score = (0.7 + 0.7) / 2 + 0.35 * 0.95 + 0.1 * 0.5
+    assert [c.entry.id for c in out] == ["a", "b"] and a_score > b_score
+    a, b = out
+    assert b.fusion == pytest.approx(b_score, abs=1e-6) and a.fusion == pytest.approx(a_score, abs=1e-6)
+    assert (b.rank, b.ranked_by) == (b.fusion, "fused")
+    # the vector score becomes the best row cosine (here an answer chunk), and that row is the match
+    assert b.vector == pytest.approx(0.95) and b.row == ROWS[4] and a.vector == pytest.approx(0.9) and a.row == ROWS[1]
+    assert cands[0].vector == 0.5  # the inputs are frozen values: nothing was changed in place
+    # BM25 failed: the vector sides rank alone and the BM25 score stays unknown
+    alone = linear_fusion(cands, spans, sims, None, ROWS, w)
+    assert alone[0].bm25 is None and alone[0].fusion == pytest.approx(a_score - 0.1 * 0.3, abs=1e-6)
+
+
+def test_reciprocal_rank_fusion_by_hand():
+    vec = [cand("a", 0, vector=0.9), cand("b", 3, vector=0.8)]
+    lex = [cand("c", 5, bm25=0.7), cand("a", 2, bm25=0.6)]
+    out = reciprocal_rank_fusion([(vec, 1.0), (lex, 2.0)], k=60, vector_of={"c": 0.3})
+    want = {"a": 1 / 61 + 2 / 62, "b": 1 / 62, "c": 2 / 61}
+    assert [c.entry.id for c in out] == sorted(want, key=lambda f: -want[f])
+    for c in out:
+        assert c.fusion == pytest.approx(want[c.entry.id]) and c.ranked_by == "rrf" and c.rank == c.fusion
+    by = {c.entry.id: c for c in out}
+    # a FAQ keeps the row of the first list it is in, and gets each list's score
+    assert by["a"].row == ROWS[0] and (by["a"].vector, by["a"].bm25) == (0.9, 0.6)
+    assert by["c"].vector == 0.3 and by["b"].bm25 is None  # BM25-only finds get their exact vector score
+
+
+def test_candidates_are_frozen():
+    c = cand("a", 0, vector=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.vector = 0.9  # type: ignore[misc]
+    assert c.first_stage_score == 0.5 and dataclasses.replace(c, fusion=1.2).first_stage_score == 1.2
