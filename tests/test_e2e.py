@@ -79,11 +79,16 @@ def running_server(env: dict[str, str], expect_ready: bool = True):
             pytest.fail("server never answered /readyz")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Terminate a server process, killing it if it does not exit in ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +276,4 @@ def test_a_real_prometheus_reads_the_handoff_rate(server, tmp_path):
             "KbsearchNotReady"}
         assert all(rule["health"] != "err" for g in groups for rule in g["rules"])
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            prom.kill()
+        _stop(prom)
