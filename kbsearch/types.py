@@ -188,16 +188,18 @@ class Candidate:
         built without ``__init__``: the first stage makes one per FAQ found, for every question.
         """
         new = object.__new__(cls)
-        d = new.__dict__
-        d.update(_CANDIDATE_DEFAULTS)
-        d["entry"], d["row"], d[kind], d["rank"], d["ranked_by"] = entry, row, score, score, kind
+        d = dict(_CANDIDATE_DEFAULTS, entry=entry, row=row, rank=score, ranked_by=kind)
+        d[kind] = score
+        object.__setattr__(new, "__dict__", d)
         return new
 
     def evolve(self, **changes: Any) -> Candidate:
         """A copy with ``changes`` (like ``dataclasses.replace``, without re-running ``__init__``: this is the
         query path's innermost loop, and the fields are already checked values)."""
         new = object.__new__(Candidate)
-        new.__dict__.update(self.__dict__, **changes)
+        d = self.__dict__.copy()
+        d.update(changes)
+        object.__setattr__(new, "__dict__", d)
         return new
 
     @property

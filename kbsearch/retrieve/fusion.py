@@ -20,7 +20,7 @@ from kbsearch.config import RetrieveSettings
 from kbsearch.errors import KbsearchError, cause_of
 from kbsearch.retrieve.base import Query, Retrieval
 from kbsearch.retrieve.lexical import Bm25Search
-from kbsearch.retrieve.vector import VectorSearch, attach_bm25
+from kbsearch.retrieve.vector import VectorSearch, attach_bm25, bm25_of
 from kbsearch.types import Candidate, IndexRow
 
 if TYPE_CHECKING:
@@ -82,11 +82,12 @@ def linear_fusion(cands: Sequence[Candidate], spans: Sequence[Sequence[int]], si
 
 
 def reciprocal_rank_fusion(lists: Sequence[tuple[Sequence[Candidate], float]], k: int,
-                           vector_of: Mapping[str, float] | None = None) -> list[Candidate]:
+                           vector_of: Mapping[str, float] | None = None,
+                           bm25_of: Mapping[str, float] | None = None) -> list[Candidate]:
     """Weighted reciprocal-rank fusion: ``sum(weight / (k + rank))`` per FAQ over the ranked lists.
 
     A FAQ keeps the row and scores of the first list it appears in, filled in from later ones;
-    ``vector_of`` gives the vector score of FAQs no list scored by vector (BM25-only finds).
+    ``vector_of`` / ``bm25_of`` give the vector / BM25 score of FAQs no list scored that way.
     """
     merged: dict[str, list] = {}  # faq id -> [candidate, vector, bm25, fusion]
     for ranked, weight in lists:
@@ -98,8 +99,9 @@ def reciprocal_rank_fusion(lists: Sequence[tuple[Sequence[Candidate], float]], k
                 m[1] = m[1] if m[1] is not None else c.vector
                 m[2] = m[2] if m[2] is not None else c.bm25
             m[3] = m[3] + weight / (k + rank)
-    vector_of = vector_of or {}
-    out = [c.evolve(vector=vec if vec is not None else vector_of.get(faq), bm25=bm, fusion=f, rank=f, ranked_by="rrf")
+    vector_of, bm25_of = vector_of or {}, bm25_of or {}
+    out = [c.evolve(vector=vec if vec is not None else vector_of.get(faq), bm25=bm if bm is not None else bm25_of.get(faq),
+                    fusion=f, rank=f, ranked_by="rrf")
            for faq, (c, vec, bm, f) in merged.items()]
     return sorted(out, key=_order)
 
@@ -151,7 +153,8 @@ class LinearFusionStage(_FusionStage):
                                    LinearWeights(s.fused_answer_weight, s.fused_bm25_weight, s.fused_variant_k,
                                                  s.fused_variant_weight))
             span.candidates = len(ranked)
-        ranked = attach_bm25(query.text, ranked, build.bm25, build.faq_rows, trace)
+        if every is None:  # BM25 failed above: try the candidates' rows alone (their scores are informational)
+            ranked = attach_bm25(query.text, ranked, build.bm25, build.faq_rows, trace)
         trace.stages["fused"] = tuple(ranked)
         return Retrieval(tuple(ranked), "vector", found)
 
@@ -165,8 +168,12 @@ class RrfStage(_FusionStage):
         """See :class:`~kbsearch.retrieve.base.FirstStage`."""
         vec, qvec, lex, _, found = self._both(query, build, trace)
         if lex is None:
-            ranked = vec
+            ranked = attach_bm25(query.text, vec, build.bm25, build.faq_rows, trace)
         else:
+            # The vector-only finds' BM25 scores (informational), so each fused candidate is made once.
+            in_lex = {c.entry.id for c in lex}
+            bm25_of_vec = bm25_of(query.text, [c.entry.id for c in vec if c.entry.id not in in_lex], build.bm25,
+                                  build.faq_rows, trace)
             with trace.span("fuse") as span:
                 # BM25-only finds get their exact vector score (best row cosine), so the threshold can judge them.
                 # One similarity call per FAQ: a few hundred rows at a time stay on one BLAS thread (one call over
@@ -179,8 +186,7 @@ class RrfStage(_FusionStage):
                     if c.entry.id not in seen and rows:
                         vector_of[c.entry.id] = float(build.vectors.similarity(qvec, rows).max())
                 ranked = reciprocal_rank_fusion([(vec, 1.0), (lex, self.settings.rrf_bm25_weight)], self.settings.rrf_k,
-                                                vector_of)
+                                                vector_of, bm25_of_vec)
                 span.candidates = len(ranked)
             trace.stages["fused"] = tuple(ranked)
-        ranked = attach_bm25(query.text, ranked, build.bm25, build.faq_rows, trace)
         return Retrieval(tuple(ranked), "vector", found)

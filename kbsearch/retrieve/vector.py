@@ -98,28 +98,31 @@ class VectorSearch:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def attach_bm25(question: str, cands: list[Candidate], bm25: BM25Index | None, faq_rows: dict[str, list[int]],
-                trace: Trace) -> list[Candidate]:
-    """``cands`` with the BM25 score (best row of each FAQ) filled in where it is missing, scoring only their rows.
+def bm25_of(question: str, faqs: list[str], bm25: BM25Index | None, faq_rows: dict[str, list[int]],
+            trace: Trace) -> dict[str, float]:
+    """Each FAQ's BM25 score (its best row's normalised score), scoring only their rows.
 
-    Informational on the vector path: when BM25 is missing or fails, the scores stay unset and the span says so.
+    Informational on the vector path: when BM25 is missing or fails, ``{}`` (and the span says why).
     """
-    todo = [i for i, c in enumerate(cands) if c.bm25 is None and faq_rows.get(c.entry.id)]
-    if bm25 is None or not todo:
-        return cands
-    spans = [faq_rows[cands[i].entry.id] for i in todo]
-    rows = [r for span in spans for r in span]
+    faqs = [f for f in faqs if faq_rows.get(f)]
+    if bm25 is None or not faqs:
+        return {}
+    spans = [faq_rows[f] for f in faqs]
     with trace.span("bm25") as span:
         try:
-            norm = bm25.normalised_scores_for(question, rows)
+            norm = bm25.normalised_scores_for(question, [r for part in spans for r in part])
         except KbsearchError as exc:
             span.fail("error", cause_of(exc, FallbackCause.BM25_ERROR), str(exc))
-            return cands
-    out = list(cands)
+            return {}
     best = np.maximum.reduceat(norm, np.cumsum([0] + [len(part) for part in spans[:-1]]))  # each FAQ's best row
-    for i, value in zip(todo, best.tolist()):
-        out[i] = out[i].evolve(bm25=value)
-    return out
+    return dict(zip(faqs, best.tolist()))
+
+
+def attach_bm25(question: str, cands: list[Candidate], bm25: BM25Index | None, faq_rows: dict[str, list[int]],
+                trace: Trace) -> list[Candidate]:
+    """``cands`` with the BM25 score filled in where it is missing (see ``bm25_of``)."""
+    scores = bm25_of(question, [c.entry.id for c in cands if c.bm25 is None], bm25, faq_rows, trace)
+    return [c.evolve(bm25=scores[c.entry.id]) if c.entry.id in scores else c for c in cands] if scores else cands
 
 
 class VectorStage:
