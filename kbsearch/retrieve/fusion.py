@@ -118,14 +118,14 @@ class _FusionStage:
     def _both(self, query: Query, build: Build, trace: Trace) -> tuple[list[Candidate], np.ndarray,
                                                                           list[Candidate] | None, np.ndarray | None, int]:
         vec, qvec, found = self.vector.search(query, build, trace)
-        trace.stages["vector"] = tuple(vec)
+        trace.keep("vector", vec)
         try:
             lex, every, found_lex = self.bm25.search(query, build, trace)
         except KbsearchError as exc:
             trace.fallback(cause_of(exc, FallbackCause.BM25_ERROR), str(exc),
                            f"BM25 failed, {self.name} ranks by the vector side alone")
             return vec, qvec, None, None, found
-        trace.stages["bm25"] = tuple(lex)
+        trace.keep("bm25", lex)
         return vec, qvec, lex, every, max(found, found_lex)
 
 
@@ -155,7 +155,7 @@ class LinearFusionStage(_FusionStage):
             span.candidates = len(ranked)
         if every is None:  # BM25 failed above: try the candidates' rows alone (their scores are informational)
             ranked = attach_bm25(query.text, ranked, build.bm25, build.faq_rows, trace)
-        trace.stages["fused"] = tuple(ranked)
+        trace.keep("fused", ranked)
         return Retrieval(tuple(ranked), "vector", found)
 
 
@@ -188,5 +188,5 @@ class RrfStage(_FusionStage):
                 ranked = reciprocal_rank_fusion([(vec, 1.0), (lex, self.settings.rrf_bm25_weight)], self.settings.rrf_k,
                                                 vector_of, bm25_of_vec)
                 span.candidates = len(ranked)
-            trace.stages["fused"] = tuple(ranked)
+            trace.keep("fused", ranked)
         return Retrieval(tuple(ranked), "vector", found)

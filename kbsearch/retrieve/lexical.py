@@ -55,5 +55,5 @@ class Bm25Stage:
     def retrieve(self, query: Query, build: Build, trace: Trace) -> Retrieval:
         """See :class:`~kbsearch.retrieve.base.FirstStage`."""
         cands, _, found = self.search.search(query, build, trace)
-        trace.stages["bm25"] = tuple(cands)
+        trace.keep("bm25", cands)
         return Retrieval(tuple(cands), "bm25", found)

@@ -53,7 +53,8 @@ class QueryEngine(EngineParts):
                 Every backend failure becomes a degraded answer or the canned hand-off instead.
         """
         kb = kb or self.settings.default_kb
-        trace = Trace(kb=kb, question=question, first_stage=self.settings.retrieve.first_stage, **({"request_id": request_id} if request_id else {}))
+        trace = Trace(kb=kb, question=question, first_stage=self.settings.retrieve.first_stage, explain=explain,
+                      **({"request_id": request_id} if request_id else {}))
         try:
             answer = self._ask(question, kb, top_k or self.settings.decide.top_k, trace, query_vector, explain)
         except (NotFoundError, BadInputError):
@@ -129,7 +130,7 @@ class QueryEngine(EngineParts):
             trace.fallback(FallbackCause.RERANKER_ERROR, f"{type(exc).__name__}: {exc}", f"reranker failed, {mode} ranking used")
             log.warning("reranker failed: %s", exc)
             return cands, mode, "none"
-        trace.stages["rerank"] = tuple(c for c in cands if c.rerank is not None)
+        trace.keep("rerank", (c for c in cands if c.rerank is not None))
         trace.rerank_weight = plan.weight
         if plan.weight < 1.0:  # a blended reranker reorders; the first-stage score still decides
             trace.notes.append(f"reranker: {plan.label} blended with the {mode} score (weight {plan.weight}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -87,6 +88,7 @@ class Trace:
         spans: One per stage that ran (or was skipped), in order.
         fallbacks: ``(cause, detail)`` of each fallback taken.
         notes: Remarks for people, built from the codes (e.g. ``vector path failed, BM25 used: ...``).
+        explain: Whether ``explain`` was asked for: only then are the stages' candidates kept.
         stages: Each stage's candidates (``vector``, ``bm25``, ``fused``, ``rerank``), for ``explain``.
         rerank_weight: The blend weight of the reranker that ran (None when none ran).
         decision: How the question was decided (set when finished).
@@ -104,6 +106,7 @@ class Trace:
     spans: list[Span] = field(default_factory=list)
     fallbacks: list[tuple[FallbackCause, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    explain: bool = False
     stages: dict[str, tuple[Candidate, ...]] = field(default_factory=dict)
     rerank_weight: float | None = None
     decision: Decision | None = None
@@ -123,6 +126,12 @@ class Trace:
                candidates: int | None = None, detail: str = "") -> None:
         """Add a finished span."""
         self.spans.append(Span(name, ms, outcome, str(code) if code is not None else None, candidates, detail))
+
+    def keep(self, stage: str, candidates: Iterable[Candidate]) -> None:
+        """Keep a stage's candidates for ``explain`` (nothing is kept otherwise: an answer holds its trace,
+        and a batch evaluation holds thousands of answers)."""
+        if self.explain:
+            self.stages[stage] = tuple(candidates)
 
     def fallback(self, cause: FallbackCause, detail: str, note: str) -> None:
         """Record a fallback: its code, and the note people read (``note: detail``)."""
