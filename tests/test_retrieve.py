@@ -71,3 +71,17 @@ def test_candidates_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.vector = 0.9  # type: ignore[misc]
     assert c.first_stage_score == 0.5 and dataclasses.replace(c, fusion=1.2).first_stage_score == 1.2
+
+
+def test_the_fast_constructors_make_the_same_values_as_the_dataclass():
+    # Candidate.found / evolve skip __init__ on the hot path; they must stay equal to the plain constructor
+    # and dataclasses.replace (a field added to Candidate without a default would break this)
+    for kind in ("vector", "bm25"):
+        fast = Candidate.found(ENTRIES["a"], ROWS[1], kind, 0.75)
+        assert fast == Candidate(ENTRIES["a"], ROWS[1], **{kind: 0.75}, rank=0.75, ranked_by=kind)
+        assert vars(fast).keys() == {f.name for f in dataclasses.fields(Candidate)}
+        changes = {"fusion": 1.5, "rank": 1.5, "ranked_by": "fusion"}
+        assert fast.evolve(**changes) == dataclasses.replace(fast, **changes)
+        assert fast.evolve(**changes) is not fast and fast.fusion is None  # a copy; the original is unchanged
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.rank = 0.0  # type: ignore[misc]
