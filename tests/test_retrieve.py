@@ -80,7 +80,7 @@ def test_the_fast_constructors_make_the_same_values_as_the_dataclass():
         fast = Candidate.found(ENTRIES["a"], ROWS[1], kind, 0.75)
         assert fast == Candidate(ENTRIES["a"], ROWS[1], **{kind: 0.75}, rank=0.75, ranked_by=kind)
         assert vars(fast).keys() == {f.name for f in dataclasses.fields(Candidate)}
-        changes = {"fusion": 1.5, "rank": 1.5, "ranked_by": "fusion"}
+        changes = {"fusion": 1.5, "rank": 1.5, "ranked_by": "fused"}
         assert fast.evolve(**changes) == dataclasses.replace(fast, **changes)
         assert fast.evolve(**changes) is not fast and fast.fusion is None  # a copy; the original is unchanged
         with pytest.raises(dataclasses.FrozenInstanceError):
