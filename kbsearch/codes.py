@@ -27,6 +27,8 @@ class HandoffReason(StrEnum):
     """The KB's active build cannot be read: the canned hand-off."""
     INTERNAL_ERROR = "internal-error"
     """A bug (an unexpected exception): the canned hand-off; logged with its stack and counted."""
+    HUMAN_REQUESTED = "human-requested"
+    """The user asked for a person (转人工, speak to a human): one of the KB's hand-off rules matched."""
 
 
 class FallbackCause(StrEnum):

@@ -16,11 +16,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -154,6 +155,12 @@ class DecideSettings(_Group):
     top_k: int = Field(3, ge=1, le=20, description="Results returned by default.")
     handoff_message_zh: str = Field("正在为您转接人工客服，请稍候")
     handoff_message_en: str = Field("Let me connect you with a human agent. Please hold on.")
+    human_request: bool = Field(
+        True, description="Hand off at once (reason human-requested) when the user asks for a person "
+        "(转人工, speak to a human, ...): the KB's hand-off rules, matched by words and by meaning.")
+    human_request_similarity: float = Field(
+        0.93, ge=-1.0, le=1.0, description="Min cosine between the question and a hand-off rule's phrase (same "
+        "embedder as the KB) for a match by meaning. Model-specific, like threshold_vector.")
 
     @field_validator("handoff_message_zh", "handoff_message_en")
     @classmethod
@@ -204,6 +211,36 @@ class TelemetrySettings(_Group):
         "(kbsearch_top1_low_total) so an alert can fire when many fall low.")
     low_score_rerank: float = Field(0.3, ge=0.0, le=1.0, description="Low line of the top-1 rerank score.")
     low_score_bm25: float = Field(0.2, ge=0.0, le=1.0, description="Low line of the top-1 normalised BM25 score.")
+
+
+class QuestionLogSettings(_Group):
+    """The question log (``kbsearch.questionlog``): every ``/ask`` and its feedback, in a real database."""
+
+    enabled: bool = Field(True, description="Record every /ask (off: no question log, no dashboard data, /feedback 503).")
+    url: str = Field("", description="SQLAlchemy database URL; empty = SQLite (WAL) at <home>/kbsearch.db. A "
+                     "postgresql+psycopg://... URL lets several replicas share one log.")
+    queue_size: int = Field(10_000, ge=1, le=10_000_000, description="Records waiting to be written; when full, "
+                            "new records are dropped (counted in kbsearch_questionlog_dropped_total), never the question.")
+    batch_size: int = Field(200, ge=1, le=100_000, description="Records written per transaction.")
+    flush_interval_s: float = Field(0.5, gt=0, le=60, description="Longest a record waits before a write.")
+    retention_days: int = Field(90, ge=0, description="Questions and feedback older than this are deleted (0 = keep).")
+    redact: bool = Field(True, description="Mask phone, card/account, ID numbers and e-mail addresses before "
+                         "anything is stored.")
+    results_kept: int = Field(5, ge=1, le=50, description="Top results stored per question.")
+
+
+class DashboardSettings(_Group):
+    """The operator dashboard (``/dashboard``) and its admin API."""
+
+    enabled: bool = Field(True, description="Serve /dashboard and /admin (needs an admin key off loopback).")
+    handoff_line: float = Field(0.15, ge=0, le=1, description="The hand-off rate to act on (drawn on the chart).")
+    latency_line_ms: float = Field(300.0, gt=0, description="The P95 latency to act on (drawn on the chart).")
+    low_rate: float = Field(0.10, ge=0, le=1, description="Answers helped or clicked less than this are listed as weak.")
+    min_views: int = Field(20, ge=1, description="Answers need at least this many views to be listed as weak.")
+    gap_distance: float = Field(0.12, gt=0, lt=2, description="Knowledge gaps: cosine distance under which questions "
+                                "join one cluster (agglomerative clustering, average linkage).")
+    gap_max_questions: int = Field(2000, ge=10, le=100_000, description="Most recent gap questions clustered per request.")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a dashboard login lasts.")
 
 
 #: Flat setting names of earlier releases -> (group, field); still read from the environment and the TOML file.
@@ -294,6 +331,31 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    questionlog: QuestionLogSettings = QuestionLogSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    admin_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), repr=False, description="Operator keys (KBSEARCH_ADMIN_KEYS, comma-separated): the dashboard, review "
+        "actions, exports and every /admin route need one.")
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), repr=False, description="Client keys (KBSEARCH_API_KEYS, comma-separated): when set, /ask and /feedback "
+        "need one (or an admin key).")
+
+    @field_validator("admin_keys", "api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [k.strip() for k in v.split(",")]
+        if isinstance(v, (list, tuple)):
+            keys = tuple(k for k in v if k)
+            if any(len(k) < 16 for k in keys):
+                raise ValueError("keys must be at least 16 characters")
+            return keys
+        return v
+
+    @property
+    def database_url(self) -> str:
+        """The question log's database URL (SQLite under ``home`` unless ``questionlog.url`` names one)."""
+        return self.questionlog.url or f"sqlite:///{Path(self.home).resolve() / 'kbsearch.db'}"
 
     @classmethod
     def settings_customise_sources(

@@ -40,13 +40,15 @@ class QueryEngine(EngineParts):
     ``kbsearch.service.parts.EngineParts``, which takes the same arguments)."""
 
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
-            query_vector: np.ndarray | None = None, request_id: str | None = None) -> Answer:
+            query_vector: np.ndarray | None = None, request_id: str | None = None, observe: bool = True) -> Answer:
         """Answer one question from ``kb`` (default ``default_kb``) with ``top_k`` results (default ``decide.top_k``).
 
         Args:
             explain: Also return every stage's candidates, the spans and the rule that decided.
             query_vector: The question's embedding when the caller already has it (batch evaluation).
             request_id: The caller's id for this question (default: a fresh one).
+            observe: Pass the trace to the observers (metrics, logs, the question log); False for an
+                operator's hit test, which must not count as traffic.
 
         Raises:
             NotFoundError: the KB does not exist (the API maps this to 404). BadInputError: an invalid KB name.
@@ -63,11 +65,11 @@ class QueryEngine(EngineParts):
             log.exception("unexpected error answering a question on %r", kb)
             trace.unexpected = f"{type(exc).__name__}: {exc}"
             answer = self._canned(question, trace, HandoffReason.INTERNAL_ERROR, type(exc).__name__, explain)
-        for observe in self.observers:
+        for observer in self.observers if observe else ():
             try:
-                observe(trace)
+                observer(trace)
             except Exception:  # telemetry must never fail a question
-                log.exception("observer %r failed", observe)
+                log.exception("observer %r failed", observer)
         return answer
 
     def _ask(self, question: str, kb: str, top_k: int, trace: Trace, query_vector: np.ndarray | None,
