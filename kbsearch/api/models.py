@@ -139,3 +139,73 @@ class AskResponse(BaseModel):
                                  threshold_source=d.threshold_source, rule=d.rule),
             timings_ms=a.timings_ms, notes=list(a.notes), explain=a.explain,
         )
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /feedback``: what the user did with an answer (a repeat replaces the earlier feedback)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(..., pattern=REQUEST_ID_PATTERN, description="The request_id of the /ask answer.")
+    helpful: bool | None = Field(None, description="Thumbs up (true) or down (false); null when not given.")
+    clicked_id: str | None = Field(None, min_length=1, max_length=256, description="The result the user clicked.")
+    comment: str | None = Field(None, max_length=2000, description="Free text from the user.")
+
+
+class FeedbackResponse(BaseModel):
+    """Result of ``POST /feedback``."""
+
+    request_id: str
+    updated: bool = Field(description="True when this replaced earlier feedback on the same request.")
+
+
+class LoginRequest(BaseModel):
+    """Body of ``POST /admin/login``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(..., min_length=1, max_length=512)
+
+
+class DraftIn(BaseModel):
+    """A new FAQ drafted from logged questions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: UserText
+    answer: Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(_not_blank)]
+    section: str = Field("", max_length=256)
+    id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[^\s]+$")
+
+
+class DecisionRequest(BaseModel):
+    """Body of ``POST /admin/api/decisions``: one action on some logged questions (or a gap cluster)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kb: str = Field(..., pattern=KB_NAME_PATTERN)
+    action: Literal["attach", "out_of_scope", "draft"]
+    questions: list[UserText] = Field(default_factory=list, max_length=1000)
+    request_ids: list[Annotated[str, Field(pattern=REQUEST_ID_PATTERN)] | None] = Field(default_factory=list, max_length=1000)
+    faq_id: str | None = Field(None, min_length=1, max_length=256)
+    draft: DraftIn | None = None
+
+
+class KbRequest(BaseModel):
+    """A body naming one knowledge base."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kb: str = Field(..., pattern=KB_NAME_PATTERN)
+
+
+class HitTestRequest(KbRequest):
+    """Body of ``POST /admin/api/hit-test``."""
+
+    question: UserText
+
+
+class RulesRequest(KbRequest):
+    """Body of ``PUT /admin/api/rules``: the KB's hand-off phrases."""
+
+    phrases: list[Annotated[str, Field(max_length=100)]] = Field(..., max_length=200)

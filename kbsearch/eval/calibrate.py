@@ -7,6 +7,13 @@ threshold over the observed scores gives the precision/coverage curve; the chose
 lowest one whose answered-precision reaches the target (default 0.90) while handing off at least a
 minimum share of the out-of-scope questions (default 0.80), which is the highest coverage under both. The result is stored per KB and per score kind (``thresholds.json`` beside the builds) with
 the model it was measured with, and the query path uses it in place of the global setting.
+
+Raising the threshold is always stored (it is the safe direction: more hand-offs). Lowering it below the
+one in force (the KB's calibration for this configuration, else the setting) needs at least
+``MIN_IN_SCOPE_TO_LOWER`` in-scope and ``MIN_OUT_OF_SCOPE_TO_LOWER`` out-of-scope questions: on a small
+sample the lowest threshold that meets the targets sits on whatever off-topic question happened to score
+highest (25 questions once lowered it onto an off-topic score), so a smaller sample is refused with a
+warning naming the counts unless forced.
 """
 
 from __future__ import annotations
@@ -21,9 +28,15 @@ from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.eval.run import EvalQuery, embed_questions, hit_ids
-from kbsearch.decide.thresholds import write_thresholds
+from kbsearch.decide.thresholds import Thresholds, write_thresholds
 from kbsearch.rerank.base import RerankPlanner
 from kbsearch.service.query import QueryEngine
+
+
+MIN_IN_SCOPE_TO_LOWER = 100
+"""In-scope (labelled with a gold FAQ) questions needed to lower a KB's threshold."""
+MIN_OUT_OF_SCOPE_TO_LOWER = 20
+"""Out-of-scope (gold ``[]``) questions needed to lower a KB's threshold."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,12 @@ class CurvePoint:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The chosen threshold for one score kind, with the curve it came from."""
+    """The chosen threshold for one score kind, with the curve it came from.
+
+    ``current_threshold`` is the one in force before (``current_source``: the setting or a calibration);
+    ``warning`` says why a lower threshold needs more questions, ``refused`` whether it was therefore not
+    stored (not forced), and ``stored`` whether ``thresholds.json`` was written.
+    """
 
     kb: str
     score_kind: str
@@ -57,6 +75,11 @@ class Calibration:
     reranker: str
     first_stage: str
     date: str
+    current_threshold: float = 0.0
+    current_source: str = "setting"
+    warning: str | None = None
+    refused: bool = False
+    stored: bool = False
 
     def render(self, points: int = 12) -> str:
         """The curve (a sample of points) and the decision, as text."""
@@ -74,7 +97,12 @@ class Calibration:
             oos = "-" if self.oos_handoff_rate is None else f"{self.oos_handoff_rate:.3f}"
             rule = f" with top-1/top-2 margin {self.margin:.3f}" if self.margin else ""
             lines.append(f"chosen threshold_{self.score_kind} = {self.threshold:.4f}{rule}: precision "
-                         f"{self.answered_precision:.3f}, coverage {self.coverage:.3f}, OOS handed off {oos}")
+                         f"{self.answered_precision:.3f}, coverage {self.coverage:.3f}, OOS handed off {oos} "
+                         f"(in force now: {self.current_threshold:.4f}, {self.current_source})")
+        if self.warning:
+            lines.append(f"WARNING: {self.warning}")
+        if self.refused:
+            lines.append("not stored: label more questions, or force it (kbsearch calibrate --force)")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -113,13 +141,18 @@ def sweep(scores: np.ndarray, correct: np.ndarray, in_scope: np.ndarray) -> list
 
 def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Embedder, planner: RerankPlanner, *,
               target: float = 0.90, min_oos_handoff: float = 0.80, margins: tuple[float, ...] = (0.0,),
-              store: bool = True) -> Calibration:
+              store: bool = True, force: bool = False, min_in_scope: int = MIN_IN_SCOPE_TO_LOWER,
+              min_out_of_scope: int = MIN_OUT_OF_SCOPE_TO_LOWER) -> Calibration:
     """Choose and (by default) store ``kb``'s threshold for the score kind its query path decides with.
 
     The threshold is the lowest (highest coverage) at which answered-precision reaches ``target`` and,
     when the questions include out-of-scope ones, at least ``min_oos_handoff`` of those are handed off.
     With several ``margins``, each is tried as a top-1/top-2 margin rule (hand off when the best two
     FAQs score closer than the margin) and the pair with the highest coverage wins.
+
+    A threshold below the one in force is stored only from at least ``min_in_scope`` in-scope and
+    ``min_out_of_scope`` out-of-scope questions, or with ``force`` (the result's ``warning`` and
+    ``refused`` say so); a higher one always is.
 
     Raises:
         BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
@@ -155,16 +188,29 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
         cand = min(ok, key=lambda p: p.threshold) if ok else None
         if not curve or (cand is not None and (best is None or cand.coverage > best.coverage)):
             best, margin, curve = cand, m, m_curve
+    reranker = planner.model_id if kind == "rerank" else "none"
+    current, _, current_source = Thresholds(settings.decide).get(settings.kb_dir(kb), kind, {
+        "model_id": embedder.model_id, "first_stage": settings.retrieve.first_stage, "reranker": reranker})
+    n_in, n_oos = int(in_scope.sum()), int((~in_scope).sum())
+    warning = None
+    if best is not None and best.threshold < current and (n_in < min_in_scope or n_oos < min_out_of_scope):
+        warning = (f"threshold_{kind} {best.threshold:.4f} is below the one in force ({current:.4f}, {current_source}) "
+                   f"but comes from only {n_in} in-scope and {n_oos} out-of-scope questions; lowering it needs at "
+                   f"least {min_in_scope} in-scope and {min_out_of_scope} out-of-scope ones (on a small sample the "
+                   "lowest threshold that meets the targets sits on the highest off-topic score that happened to be in it)")
+    refused = warning is not None and not force
     result = Calibration(
         kb=kb, score_kind=kind, target_precision=target, min_oos_handoff=min_oos_handoff, margin=margin,
         threshold=best.threshold if best else None,
         answered_precision=best.answered_precision if best else None,
         coverage=best.coverage if best else None, oos_handoff_rate=best.oos_handoff_rate if best else None,
-        queries=len(queries), in_scope=int(in_scope.sum()), out_of_scope=int((~in_scope).sum()),
-        curve=curve, model_id=embedder.model_id, reranker=planner.model_id if kind == "rerank" else "none",
+        queries=len(queries), in_scope=n_in, out_of_scope=n_oos,
+        curve=curve, model_id=embedder.model_id, reranker=reranker,
         first_stage=settings.retrieve.first_stage, date=dt.date.today().isoformat(),
+        current_threshold=current, current_source=current_source, warning=warning, refused=refused,
+        stored=store and best is not None and not refused,
     )
-    if store and best is not None:
+    if result.stored and best is not None:
         write_thresholds(settings.kb_dir(kb), {kind: {
             "threshold": best.threshold, "margin": margin, "model_id": result.model_id, "reranker": result.reranker,
             "first_stage": result.first_stage, "target_precision": target, "min_oos_handoff": min_oos_handoff,

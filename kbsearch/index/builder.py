@@ -1,14 +1,16 @@
 """Turn ingested entries into a served build: index rows -> embeddings -> FAISS + BM25 -> store.
 
 Used by ``kbsearch ingest`` (after the ingest pipeline) and ``kbsearch rebuild-index`` (which re-embeds
-the entries stored in the active build, e.g. after a model change). Either way the new build is
-activated only once it is complete on disk.
+the entries stored in the active build, e.g. after a model change); ``kbsearch.index.incremental`` shares
+the last steps (``publish_rows``) to publish operator decisions without re-embedding what is unchanged.
+Either way the new build is activated only once it is complete on disk.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,20 @@ from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.index.factory import build_vector_index
-from kbsearch.index.store import load_build, write_build
+from kbsearch.index.manifest import REPORT_FILE
+from kbsearch.index.store import Build, load_build, write_build
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
 
 BM25_TOKENIZER = "char"
+
+#: What a build's embedder must share with another embedder for their vectors to be comparable.
+EMBEDDER_KEYS = ("model_id", "dim", "query_prompt", "document_prompt")
+
+
+def embedder_differences(built: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The ``EMBEDDER_KEYS`` on which two ``Embedder.describe()`` dicts differ: key -> (built, other)."""
+    return {k: (built.get(k), other.get(k)) for k in EMBEDDER_KEYS if built.get(k) != other.get(k)}
 
 
 def make_rows(entries: list[FaqEntry], chunks: list[Chunk]) -> list[IndexRow]:
@@ -76,12 +87,23 @@ def embed_rows(embedder: Embedder, rows: list[IndexRow], batch_size: int, *, que
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build produced: its id, directory and the seconds each build stage took."""
+    """What a build produced: its id, directory, the seconds each build stage took, and its rows.
+
+    Attributes:
+        build_id: The new build's id.
+        path: Its directory.
+        seconds: Seconds per stage (``model_load``, ``embed``, ``index``, ``write``; more for incremental builds).
+        rows: Rows in the build.
+        embedded: Rows embedded for this build.
+        reused: Rows whose vectors were taken from the previous build (incremental builds).
+    """
 
     build_id: str
     path: Path
     seconds: dict[str, float]
     rows: int
+    embedded: int = 0
+    reused: int = 0
 
 
 def build_index(
@@ -117,35 +139,81 @@ def build_index(
     seconds["model_load"] = t1 - t0
     vectors = embed_rows(embedder, rows, settings.embed.batch_size, question_rows_as=settings.embed.question_rows_as,
                          progress=progress)
-    t2 = time.perf_counter()
-    seconds["embed"] = t2 - t1
+    seconds["embed"] = time.perf_counter() - t1
+    return publish_rows(settings, kb, entries, chunks, rows, vectors, embedder, report, seconds)
+
+
+def row_prompts(settings: Settings) -> dict[str, str]:
+    """The prompt each row kind is embedded with under ``settings`` (what ``embed_rows`` does), for the manifest."""
+    question = settings.embed.question_rows_as
+    return {"question": question, "variant": question, "chunk": "document"}
+
+
+def publish_rows(
+    settings: Settings,
+    kb: str,
+    entries: list[FaqEntry],
+    chunks: list[Chunk],
+    rows: list[IndexRow],
+    vectors: np.ndarray,
+    embedder: Embedder,
+    report: dict[str, Any],
+    seconds: dict[str, float],
+    *,
+    reused: int = 0,
+) -> BuildResult:
+    """Index embedded rows (vector index + BM25), write them as a new build of ``kb`` and activate it.
+
+    The last steps of every build, full or incremental.
+
+    Args:
+        settings: The ``index`` group (backend, builds kept) and ``embed.question_rows_as`` (recorded).
+        kb: Knowledge-base name.
+        entries, chunks, rows: What the build serves; ``rows[i]`` is ``vectors[i]``.
+        vectors: ``(len(rows), dim)`` L2-normalised float32.
+        embedder: The embedder the vectors were made with (its ``describe()`` goes into the manifest).
+        report: The report to store with the build; ``build_seconds`` is added to it.
+        seconds: Stage times so far; ``index`` and ``write`` are added (in place).
+        reused: How many of the vectors came from a previous build (the rest were embedded).
+    """
+    t0 = time.perf_counter()
     index = build_vector_index(settings.index.backend, vectors, device="cpu")  # saved here; a service may load it on a GPU
     bm25 = BM25Index.build([r.text for r in rows], tokenizer=BM25_TOKENIZER)
-    t3 = time.perf_counter()
-    seconds["index"] = t3 - t2
+    t1 = time.perf_counter()
+    seconds["index"] = t1 - t0
     report = {**report, "build_seconds": {k: round(v, 3) for k, v in seconds.items()}}
     manifest = {
         "embedder": embedder.describe(),
         "model_id": embedder.model_id,
-        "row_prompts": {"question": settings.embed.question_rows_as, "variant": settings.embed.question_rows_as,
-                        "chunk": "document"},
+        "row_prompts": row_prompts(settings),
         "bm25": {"library": "rank-bm25", "variant": "BM25Okapi", "tokenizer": BM25_TOKENIZER,
                  "k1": bm25.k1, "b": bm25.b},
     }
     kb_dir = settings.kb_dir(kb)
     build_id = write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25,
                            report=report, manifest=manifest, keep=settings.index.keep_builds)
-    seconds["write"] = time.perf_counter() - t3
-    return BuildResult(build_id=build_id, path=kb_dir / "builds" / build_id, seconds=seconds, rows=len(rows))
+    seconds["write"] = time.perf_counter() - t1
+    return BuildResult(build_id=build_id, path=kb_dir / "builds" / build_id, seconds=seconds, rows=len(rows),
+                       embedded=len(rows) - reused, reused=reused)
+
+
+def ingest_report_of(build: Build) -> dict[str, Any] | None:
+    """The ingest report ``build`` descends from: its own report, or the one a rebuilt/incremental build carries.
+
+    None when the report is unreadable. Kept flat, so a chain of rebuilds does not nest reports ever deeper.
+    """
+    try:
+        report = json.loads((build.path / REPORT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    return report.get("ingest_report", report)
 
 
 def rebuild_index(settings: Settings, kb: str, embedder: Embedder, *, progress: bool = False) -> BuildResult:
     """Re-embed the entries stored in ``kb``'s active build into a new build and activate it."""
     current = load_build(settings.kb_dir(kb), device="cpu")
-    report: dict[str, Any] = {"rebuilt_from": current.build_id}
-    try:
-        report["ingest_report"] = json.loads((current.path / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        report["ingest_report"] = None
+    report: dict[str, Any] = {"rebuilt_from": current.build_id, "ingest_report": ingest_report_of(current)}
     chunks = sorted(current.chunks.values(), key=lambda c: (c.faq_id, c.ordinal))
     return build_index(settings, kb, list(current.entries.values()), chunks, embedder, report, progress=progress)

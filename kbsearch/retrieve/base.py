@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -39,11 +39,14 @@ class Retrieval:
         score_kind: The score that decides the hand-off when no reranker decides: ``vector`` (whatever
             ranked, so ``threshold_vector`` means the same in every mode) or ``bm25`` on the BM25 path.
         found: FAQs found before the validity filter (``found > 0`` with no candidate: all expired).
+        query_vector: The question's embedding the stage searched with (None on the BM25 path), so later
+            steps (the hand-off rules' meaning match) need not embed the question again.
     """
 
     candidates: tuple[Candidate, ...]
     score_kind: ScoreKind
     found: int = 0
+    query_vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class FirstStage(Protocol):

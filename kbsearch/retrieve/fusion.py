@@ -156,7 +156,7 @@ class LinearFusionStage(_FusionStage):
         if every is None:  # BM25 failed above: try the candidates' rows alone (their scores are informational)
             ranked = attach_bm25(query.text, ranked, build.bm25, build.faq_rows, trace)
         trace.keep("fused", ranked)
-        return Retrieval(tuple(ranked), "vector", found)
+        return Retrieval(tuple(ranked), "vector", found, qvec)
 
 
 class RrfStage(_FusionStage):
@@ -189,4 +189,4 @@ class RrfStage(_FusionStage):
                                                 vector_of, bm25_of_vec)
                 span.candidates = len(ranked)
             trace.keep("fused", ranked)
-        return Retrieval(tuple(ranked), "vector", found)
+        return Retrieval(tuple(ranked), "vector", found, qvec)

@@ -135,7 +135,7 @@ class VectorStage:
 
     def retrieve(self, query: Query, build: Build, trace: Trace) -> Retrieval:
         """See :class:`~kbsearch.retrieve.base.FirstStage`."""
-        cands, _, found = self.search.search(query, build, trace)
+        cands, qvec, found = self.search.search(query, build, trace)
         trace.keep("vector", cands)
         cands = attach_bm25(query.text, cands, build.bm25, build.faq_rows, trace)
-        return Retrieval(tuple(cands), "vector", found)
+        return Retrieval(tuple(cands), "vector", found, qvec)

@@ -15,12 +15,10 @@ from kbsearch.codes import FallbackCause
 from kbsearch.config import kb_dir as _kb_dir
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import IndexCorruptError, NotFoundError
+from kbsearch.index.builder import embedder_differences
 from kbsearch.index.store import Build, active_build_id, load_build
 
 log = logging.getLogger(__name__)
-
-#: What a build's embedder must share with the service's for its vectors to be searched.
-EMBEDDER_KEYS = ("model_id", "dim", "query_prompt", "document_prompt")
 
 
 class BuildCache:
@@ -92,7 +90,7 @@ class BuildCache:
         if not self.embedder_ready or build.vectors is None:
             return
         built, serving = build.manifest.embedder, self.embedder.describe()
-        diff = {k: (built.get(k), serving.get(k)) for k in EMBEDDER_KEYS if built.get(k) != serving.get(k)}
+        diff = embedder_differences(built, serving)
         if diff:
             detail = ", ".join(f"{k} {b!r} (build) != {v!r} (service)" for k, (b, v) in diff.items())
             build.vectors = None

@@ -6,7 +6,9 @@
 2. **Rerank**: the KB's ``RerankPlan`` (``kbsearch.rerank``); a reranker that fails leaves the first-stage
    order (degraded).
 3. **Decide**: the deciding score against its kind's threshold (``kbsearch.decide``): answer or hand off,
-   with a reason code.
+   with a reason code. A question that asks for a person (the KB's hand-off rules, ``decide.human``: by
+   words before retrieval, by meaning with the question's vector after it) is handed off whatever the
+   scores, with its results kept for the agent.
 
 Each fallback step catches the project's errors (``KbsearchError``, mapped at each backend's boundary)
 and records its cause; anything else is a bug, which ends in the canned hand-off, is logged with its
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 
 from kbsearch.codes import FallbackCause, HandoffReason
 from kbsearch.decide import canned, decide, handoff_for
+from kbsearch.decide.human import HumanRequestMatcher, human_requested
 from kbsearch.errors import BadInputError, IndexCorruptError, KbsearchError, NotFoundError, cause_of
 from kbsearch.index.store import Build
 from kbsearch.rerank.apply import rerank_candidates
@@ -38,6 +42,11 @@ log = logging.getLogger(__name__)
 class QueryEngine(EngineParts):
     """Answers questions against the active build of each KB (the parts, ``load()`` and ``status()``:
     ``kbsearch.service.parts.EngineParts``, which takes the same arguments)."""
+
+    @cached_property
+    def human(self) -> HumanRequestMatcher:
+        """The KBs' hand-off rules (used when ``decide.human_request`` is on)."""
+        return HumanRequestMatcher(self.embedder, self.settings.decide)
 
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
             query_vector: np.ndarray | None = None, request_id: str | None = None, observe: bool = True) -> Answer:
@@ -80,17 +89,24 @@ class QueryEngine(EngineParts):
             log.error("cannot load knowledge base %r: %s", kb, exc)
             return self._canned(question, trace, HandoffReason.INDEX_UNAVAILABLE, str(exc), explain)
         trace.index_version = build.build_id
-        query = Query(question, self._clock(), query_vector)
+        query, kb_dir = Query(question, self._clock(), query_vector), self.builds.kb_dir(kb)
+        rules_on = self.settings.decide.human_request
+        human = self.human.by_words(kb_dir, question) if rules_on else None  # cheap: before retrieval
         retrieval = self._retrieve(query, build, trace)
         if retrieval is None:
             detail = f"vector and BM25 unavailable ({build.bm25_error or 'BM25 failed'})"
             return self._canned(question, trace, HandoffReason.BACKEND_FAILURE, detail, explain)
+        if rules_on and human is None:  # by meaning: the question's vector from retrieval (none on the BM25 path)
+            human = self.human.by_meaning(kb_dir, retrieval.query_vector, retrieval.candidates)
         cands, mode, reranker_id = self._rerank(kb, query, retrieval, build, trace)
         serving = {"model_id": self.embedder.model_id, "first_stage": self.settings.retrieve.first_stage,
                    "reranker": reranker_id}
         with trace.span("decide") as span:
-            threshold, margin, source = self.thresholds.get(self.builds.kb_dir(kb), mode, serving)
+            threshold, margin, source = self.thresholds.get(kb_dir, mode, serving)
             decision = decide(cands, mode, threshold, margin, source, retrieval.found)
+            if human is not None:  # the user asked for a person: hand off whatever the scores
+                decision, span.detail = human_requested(decision, human), human.note
+                trace.notes.append(human.note)
             span.code = decision.reason
         return self._answer(question, trace, mode, decision, cands, top_k, explain)
 
@@ -142,10 +158,11 @@ class QueryEngine(EngineParts):
 
     def _answer(self, question: str, trace: Trace, mode: Mode, decision: Decision, cands: Sequence[Candidate],
                 top_k: int, explain: bool) -> Answer:
-        trace.finish(mode, decision)
+        hits = tuple(Hit.of(c) for c in cands[:top_k])
+        trace.finish(mode, decision, hits)
         handoff = (handoff_for(question, decision.reason, decision.rule, self.settings.decide)
                    if decision.reason is not None else None)
-        return Answer(answered=handoff is None, hits=tuple(Hit.of(c) for c in cands[:top_k]), handoff=handoff, mode=mode,
+        return Answer(answered=handoff is None, hits=hits, handoff=handoff, mode=mode,
                       degraded=trace.degraded, index_version=trace.index_version, decision=decision, trace=trace,
                       candidates=tuple(c.entry.id for c in cands), explain=render_explain(trace) if explain else None)
 

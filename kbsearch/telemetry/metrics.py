@@ -15,6 +15,8 @@ prometheus-client's multiprocess mode is not used.
 - ``kbsearch_question_duration_seconds{kb}`` and ``kbsearch_stage_duration_seconds{kb, stage}``: latency histograms.
 - ``kbsearch_top1_score{kb, kind}``: the top FAQ's deciding score, buckets dense around each kind's threshold;
   ``kbsearch_top1_low_total{kb, kind}``: questions whose top-1 score fell below the kind's low line.
+- ``kbsearch_questionlog_written_total``, ``kbsearch_questionlog_dropped_total{reason}`` (``queue-full``,
+  ``db-error``, ``error``) and ``kbsearch_questionlog_queued``: the question log, read at scrape time.
 - ``kbsearch_build_info{kb, index_version, model, reranker}`` (1), ``kbsearch_index_rows{kb}``, ``kbsearch_ready``
   and ``kbsearch_model_load_seconds{component}``: read from the engine at scrape time.
 """
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -99,6 +101,10 @@ class Metrics:
         """Also export the build info, readiness and model load times from ``status()`` at each scrape."""
         self.registry.register(_StatusCollector(status))
 
+    def watch_questionlog(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Also export the question log's written, dropped (by reason) and queued records at each scrape."""
+        self.registry.register(_QuestionLogCollector(stats))
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -125,3 +131,21 @@ class _StatusCollector(Collector):
         for name, seconds in s.get("load_seconds", {}).items():
             load.add_metric([name], seconds)
         yield load
+
+
+class _QuestionLogCollector(Collector):
+    """The question log's counters, read when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        s = self.stats()
+        yield CounterMetricFamily("kbsearch_questionlog_written", "Question-log records written.", value=s["written"])
+        dropped = CounterMetricFamily("kbsearch_questionlog_dropped",
+                                      "Question-log records dropped (queue-full, db-error, error); the questions were answered.",
+                                      labels=["reason"])
+        for reason in ("queue-full", "db-error", "error"):
+            dropped.add_metric([reason], s["dropped"].get(reason, 0))
+        yield dropped
+        yield GaugeMetricFamily("kbsearch_questionlog_queued", "Question-log records waiting to be written.", value=s["queued"])

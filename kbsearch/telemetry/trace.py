@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from kbsearch.codes import FallbackCause, HandoffReason
 
 if TYPE_CHECKING:
-    from kbsearch.types import Candidate, Decision, Mode
+    from kbsearch.types import Candidate, Decision, Hit, Mode
 
 Outcome = Literal["ok", "error", "timeout", "skipped"]
 
@@ -96,6 +96,7 @@ class Trace:
         degraded: Whether a fallback answered.
         unexpected: ``ExceptionType: message`` of a bug that ended in the canned hand-off.
         index_version: The build that served the question.
+        results: The results returned (set when finished; the question log stores the top ones).
     """
 
     request_id: str = field(default_factory=new_request_id)
@@ -115,6 +116,7 @@ class Trace:
     unexpected: str | None = None
     index_version: str = ""
     total_ms: float | None = None
+    results: tuple[Hit, ...] = ()
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     def span(self, name: str) -> _Open:
@@ -139,9 +141,9 @@ class Trace:
         self.notes.append(f"{note}: {detail}" if detail else note)
         self.degraded = True
 
-    def finish(self, mode: Mode, decision: Decision) -> None:
-        """Close the trace: the total time, the mode and the decision."""
-        self.mode, self.decision = mode, decision
+    def finish(self, mode: Mode, decision: Decision, results: tuple[Hit, ...] = ()) -> None:
+        """Close the trace: the total time, the mode, the decision and the results returned."""
+        self.mode, self.decision, self.results = mode, decision, results
         self.total_ms = (time.perf_counter() - self._t0) * 1000
 
     @property
