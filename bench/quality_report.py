@@ -7,7 +7,9 @@ For each set it ingests the KB into a temporary home with the current settings (
 runs ``run_eval`` (bm25, vector, hybrid, fused; each with the reranker when one is configured), then
 plain vector again matching only question/variant rows and only answer chunks (which fields to match),
 and for clinc150 also calibrates the hand-off threshold on the same questions first and reports the
-calibrated figures. A summary table says whether the default beats both BM25 and vector-only. Nothing here is typed by hand: the page is overwritten with what was measured.
+calibrated figures. A summary table says whether the default beats both BM25 and vector-only. Nothing here is typed by hand: the page is overwritten with what was measured, except the block between
+``<!-- feedback_loop:start -->`` and ``<!-- feedback_loop:end -->``, which ``bench/feedback_loop.py --write-docs``
+writes: it is carried over from the old page as it is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from kbsearch.index.store import load_build
 from kbsearch.rerank import make_rerank_planner
 
 REPO = Path(__file__).resolve().parents[1]
+#: The block bench/feedback_loop.py owns in the page (markers included); kept when the page is regenerated.
+KEPT_START, KEPT_END = "<!-- feedback_loop:start -->", "<!-- feedback_loop:end -->"
 SETS = [  # (folder, queries file, calibrate first)
     ("unionpay_faq", "queries_dev.jsonl", False),
     ("banking77", "queries_dev.jsonl", False),
@@ -108,8 +112,19 @@ With `rerank_backend` `kb`, each KB's own cross-encoder is trained from its vari
 clearly beats the first stage (sign test) on variants it never trained on (self-check); "reranker if forced on" is the top-1 it would have given \
 where the self-check switched it off, measured in the same run. A KB with no variants gets no reranker.
 """
-    Path(args.out).write_text(header + "\n".join(sections), encoding="utf-8")
+    out = Path(args.out)
+    out.write_text(header + "\n".join(sections) + _kept_block(out), encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _kept_block(page: Path) -> str:
+    """The feedback-loop block of the page as it is now (markers included, after a blank line), or "" when it has none."""
+    try:
+        old = page.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    start, end = old.find(KEPT_START), old.find(KEPT_END)
+    return f"\n{old[start:end + len(KEPT_END)]}\n" if 0 <= start < end else ""
 
 
 def _f(v: float | None) -> str:

@@ -286,6 +286,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"  docs:   {base}/docs    ready: {base}/readyz    metrics: {base}/metrics",
         flush=True,
     )
+    if settings.dashboard.enabled:
+        key = app.state.guard.generated_admin_key
+        note = (f"operator key for this run: {key} (set KBSEARCH_ADMIN_KEYS to choose your own)" if key
+                else "log in with a KBSEARCH_ADMIN_KEYS key")
+        print(f"  dashboard: {base}/dashboard    {note}", flush=True)
     # log_config=None: uvicorn's records go through the root logger configured above (JSON lines).
     uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None)
     return 0
