@@ -247,3 +247,17 @@ def test_export_csv_and_jsonl(client, settings):
                                         ("12345", "other")])
 def test_detect_language(text, lang):
     assert detect_language(text) == lang
+
+
+def test_a_database_down_at_startup_never_stops_the_service(settings, built):
+    s = settings.updated(questionlog={"url": "sqlite:////proc/no-such-dir/kbsearch.db"})
+    with TestClient(_app(s)) as c:
+        for _ in range(2):
+            assert c.post("/ask", json={"question": "如何申请退货？"}).json()["answered"]
+        assert c.app.state.ops.log.flush(10)
+        assert _metric(c, 'kbsearch_questionlog_dropped_total{reason="db-error"}') == 2
+        key = c.app.state.guard.generated_admin_key
+        r = c.get("/admin/api/overview", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 503 and r.json()["detail"] == "the question log database is unavailable"
+        rid = c.post("/ask", json={"question": "如何申请退货？"}).json()["request_id"]
+        assert c.post("/feedback", json={"request_id": rid, "helpful": True}).status_code == 503

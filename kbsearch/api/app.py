@@ -32,7 +32,7 @@ from kbsearch.api.models import (
 )
 from kbsearch.config import Settings
 from kbsearch.errors import KbsearchError
-from kbsearch.questionlog.db import open_database
+from kbsearch.questionlog.db import open_database, try_create_tables
 from kbsearch.questionlog.writer import QuestionLog
 from kbsearch.review.desk import ReviewDesk
 from kbsearch.service.query import QueryEngine
@@ -57,7 +57,10 @@ def make_operations(settings: Settings, engine: QueryEngine) -> Operations | Non
     """The question log, its database and the review desk (None when ``questionlog.enabled`` is off)."""
     if not settings.questionlog.enabled:
         return None
-    db = open_database(settings.database_url)
+    db = open_database(settings.database_url, create=False)
+    error = try_create_tables(db)
+    if error is not None:  # the service still answers; records are dropped (and counted) until the database is back
+        log.error("question log database unavailable: %s", error)
     return Operations(db=db, log=QuestionLog(settings.questionlog, db),
                       desk=ReviewDesk(settings, db, entries_of=lambda kb: engine.builds.get(kb).entries))
 
@@ -104,6 +107,12 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
     app.state.ops = ops
     app.state.guard = guard
     client = [Depends(guard.client)]
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        log.error("operations database error on %s: %s", request.url.path, str(exc).splitlines()[0][:300])
+        return JSONResponse(status_code=503, content={"detail": "the question log database is unavailable",
+                                                      "error": "DatabaseUnavailable"})
 
     @app.exception_handler(KbsearchError)
     async def _kbsearch_error(request: Request, exc: KbsearchError) -> JSONResponse:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -135,13 +136,25 @@ def open_database(url: str, *, create: bool = True) -> Engine:
         create: Create missing tables.
     """
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported by the first connection, like any other unreachable database
     engine = create_engine(url, pool_pre_ping=True, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         Base.metadata.create_all(engine)
     return engine
+
+
+def try_create_tables(engine: Engine) -> str | None:
+    """Create missing tables; the error (one line) when the database cannot be reached, else None."""
+    try:
+        Base.metadata.create_all(engine)
+        return None
+    except (SQLAlchemyError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 def utcnow() -> dt.datetime:

@@ -92,6 +92,7 @@ class QuestionLog:
         db = engine.url.database if engine.dialect.name == "sqlite" else None
         self._db_path = db if db and db != ":memory:" else None
         self._inode: int | None = None
+        self._schema_ok = False
 
     # -- the request path -------------------------------------------------------------------------
     def observe(self, trace: Trace) -> None:
@@ -192,7 +193,11 @@ class QuestionLog:
         return batch
 
     def _reopen_if_replaced(self) -> None:
-        """An SQLite file deleted or replaced under a pooled connection would swallow writes unseen: re-create it."""
+        """Create the tables if the database was down at startup; an SQLite file deleted or replaced under a
+        pooled connection would swallow writes unseen: re-create it."""
+        if not self._schema_ok:
+            Base.metadata.create_all(self.engine)
+            self._schema_ok = True
         if self._db_path is None:
             return
         try:
