@@ -51,7 +51,9 @@ def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path)
     shots = Path(os.environ.get("KBSEARCH_TEST_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_ADMIN_KEYS": f"ops:{KEY}",
-           "KBSEARCH_QUESTIONLOG__FLUSH_INTERVAL_S": "0.05"}
+           "KBSEARCH_QUESTIONLOG__FLUSH_INTERVAL_S": "0.05",
+           # a log of its own: the shared home's log holds what other tests asked
+           "KBSEARCH_QUESTIONLOG__URL": f"sqlite:///{tmp_path / 'questions.db'}"}
     with running_server(env) as base:
         # -- the replay, with outcomes known in advance ------------------------------------------
         answers = {}

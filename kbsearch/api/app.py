@@ -98,6 +98,7 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
         yield
         if ops is not None:
             ops.log.close()
+            ops.db.dispose()
         engine.close()
 
     app = FastAPI(title="kbsearch", version=__version__, lifespan=lifespan,

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from kbsearch.config import QuestionLogSettings
 from kbsearch.questionlog.db import Base, FeedbackRecord, QuestionRecord, utcnow
@@ -135,6 +135,14 @@ class QuestionLog:
         """
         now = utcnow()
         values = {"helpful": helpful, "clicked_id": clicked_id, "comment": comment, "updated_at": now}
+        try:
+            return self._store_feedback(request_id, kb, now, values)
+        except IntegrityError:
+            # Another replica (or thread) inserted this request's first feedback between our read and our
+            # insert (a chatbot retry landing elsewhere): the row exists now, so the second try updates it.
+            return self._store_feedback(request_id, kb, now, values)
+
+    def _store_feedback(self, request_id: str, kb: str, now: dt.datetime, values: dict[str, Any]) -> bool:
         with self.engine.begin() as conn:
             existing = conn.execute(select(FeedbackRecord.request_id).where(FeedbackRecord.request_id == request_id)).scalar()
             if existing is None:
