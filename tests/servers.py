@@ -32,6 +32,12 @@ def post(url: str, payload: dict, headers: dict[str, str] | None = None) -> tupl
         return e.code, json.loads(e.read())
 
 
+def get(url: str, headers: dict[str, str] | None = None) -> dict:
+    """GET a JSON body (raises on an HTTP error)."""
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as r:
+        return json.loads(r.read())
+
+
 CLI = [sys.executable, "-m", "kbsearch.cli"]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from debian import ensure_binary
-from servers import post, running_server
+from servers import get, post, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -114,6 +114,11 @@ def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path)
             for q in WEATHER:
                 expect(gap).to_contain_text(q)
             page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+            # -- the hit test: every stage, and a request for a person handed off by the KB's rules ------
+            page.get_by_test_id("hit-question").fill("转人工")
+            page.get_by_test_id("hit-ask").click()
+            expect(page.get_by_test_id("hit-handoff")).to_contain_text("human-requested", timeout=30_000)
+            expect(page.get_by_test_id("hit-spans")).to_contain_text("decide")
             # -- attach the uncovered question to an FAQ from the question log, then publish --------
             page.get_by_test_id("log-status").select_option("handed_off")
             page.get_by_test_id("log-apply").click()
@@ -131,6 +136,8 @@ def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path)
             assert errors == []
             browser.close()
 
+        overview = get(base + "/admin/api/overview", {"Authorization": f"Bearer {KEY}"})
+        assert overview["total"] == total  # the hit test was not counted as traffic
         again = post(base + "/ask", {"question": UNCOVERED})[1]
         assert again["answered"] and again["results"][0]["id"] == TARGET
     assert again["index_version"] == build_id, (again["index_version"], build_id)
