@@ -113,7 +113,12 @@ def test_draft_a_new_faq_from_questions(client):
         assert body["answered"] and body["results"][0]["id"] == "mars" and body["answer"] == "No, we only ship on Earth."
     assert admin(client, "GET", "/entries", params={"q": "mars"})["entries"] == [
         {"faq_id": "mars", "question": q1, "section": "Shipping"}]
-    # undoing the draft takes its attached question along, and the FAQ out of the build
+    # a question attached later to the published draft joins that FAQ
+    q3 = "Is delivery to Mars possible?"
+    admin(client, "POST", "/decisions", json={"kb": "default", "action": "attach", "questions": [q3], "faq_id": "mars"})
+    assert admin(client, "POST", "/publish", json={"kb": "default"})["embedded_rows"] == 1
+    assert ask(client, q3)["results"][0]["id"] == "mars" and ask(client, q3)["answered"]
+    # undoing the draft takes its attached questions along, and the FAQ out of the build
     admin(client, "POST", f"/decisions/{made['decisions'][0]['id']}/undo")
     assert {d["state"] for d in admin(client, "GET", "/decisions")["decisions"]} == {"undoing"}
     admin(client, "POST", "/publish", json={"kb": "default"})

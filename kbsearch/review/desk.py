@@ -161,10 +161,9 @@ class ReviewDesk:
         """
         if action not in ACTIONS:
             raise BadInputError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
-        if not 0 < len(questions) <= MAX_QUESTIONS and action != "draft":
-            raise BadInputError(f"give 1 to {MAX_QUESTIONS} questions")
-        if len(questions) > MAX_QUESTIONS:
-            raise BadInputError(f"give at most {MAX_QUESTIONS} questions")
+        least = 0 if action == "draft" else 1  # a draft's own question is enough
+        if not least <= len(questions) <= MAX_QUESTIONS:
+            raise BadInputError(f"give {least} to {MAX_QUESTIONS} questions")
         texts = [_clean(q, f"questions[{i}]") for i, q in enumerate(questions)]
         ids = list(request_ids) + [None] * (len(texts) - len(request_ids))
         actor = _clean(actor, "actor", 128)
@@ -251,7 +250,7 @@ class ReviewDesk:
         for r in records:
             if r.action != "attach":
                 continue
-            if adding and r.faq_id in drafts:
+            if adding and r.faq_id in drafts and r.faq_id not in existing:  # into the new FAQ itself
                 e = drafts[r.faq_id]
                 if r.question not in e.variants and r.question != e.question:
                     drafts[r.faq_id] = dataclasses.replace(e, variants=(*e.variants, r.question))
@@ -275,16 +274,13 @@ class ReviewDesk:
                 todo = conn.execute(select(D).where(D.kb == kb, D.action != "out_of_scope", (
                     (D.undone_at.is_(None) & D.build_id.is_(None)) | (D.undone_at.is_not(None) & D.build_id.is_not(None))))
                 ).scalars().all()
-                drafts = conn.execute(select(D).where(D.kb == kb, D.action == "draft", D.undone_at.is_(None))).scalars().all()
             add = [r for r in todo if r.undone_at is None]
             remove = [r for r in todo if r.undone_at is not None]
             if not todo:
                 return PublishResult(build_id=None, applied=0, removed=0, build=None)
             existing = set(entries)
             minus = self._changes(remove, existing, adding=False)
-            # attaches to an already published draft go to that FAQ; to a new draft, into its entry
-            plus = self._changes([*add, *(d for d in drafts if d not in add and d.faq_id in existing)],
-                                 existing - set(minus.remove_entries), adding=True)
+            plus = self._changes(add, existing - set(minus.remove_entries), adding=True)
             changes = BuildChanges(add_variants=plus.add_variants, add_entries=plus.add_entries,
                                    add_chunks=plus.add_chunks, remove_variants=minus.remove_variants,
                                    remove_entries=minus.remove_entries)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 from kbsearch.config import Settings
 from kbsearch.decide import Thresholds
+from kbsearch.decide.human import HumanRequestMatcher
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import IndexCorruptError, NotFoundError
 from kbsearch.rerank.base import RerankPlanner
@@ -40,6 +41,7 @@ class EngineParts:
         self.bm25 = Bm25Stage(Bm25Search(settings.retrieve))
         self.first_stage = make_first_stage(settings.retrieve, self.vector, self.bm25.search)
         self.thresholds = Thresholds(settings.decide)
+        self.human = HumanRequestMatcher(embedder, settings.decide)  # the KBs' hand-off rules (decide.human_request)
         self.observers = list(observers)
         self.reranker_error: str | None = None
         self.load_seconds: dict[str, float] = {}

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import cached_property
 
 import numpy as np
 
 from kbsearch.codes import FallbackCause, HandoffReason
 from kbsearch.decide import canned, decide, handoff_for
-from kbsearch.decide.human import HumanRequestMatcher, human_requested
+from kbsearch.decide.human import human_requested
 from kbsearch.errors import BadInputError, IndexCorruptError, KbsearchError, NotFoundError, cause_of
 from kbsearch.index.store import Build
 from kbsearch.rerank.apply import rerank_candidates
@@ -42,11 +41,6 @@ log = logging.getLogger(__name__)
 class QueryEngine(EngineParts):
     """Answers questions against the active build of each KB (the parts, ``load()`` and ``status()``:
     ``kbsearch.service.parts.EngineParts``, which takes the same arguments)."""
-
-    @cached_property
-    def human(self) -> HumanRequestMatcher:
-        """The KBs' hand-off rules (used when ``decide.human_request`` is on)."""
-        return HumanRequestMatcher(self.embedder, self.settings.decide)
 
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
             query_vector: np.ndarray | None = None, request_id: str | None = None, observe: bool = True) -> Answer:
