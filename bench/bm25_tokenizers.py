@@ -43,7 +43,8 @@ def main() -> None:
     for name, kb, qfile in SETS:
         root = Path(args.benchmarks) / name
         with tempfile.TemporaryDirectory() as home:
-            ingested = run_ingest([root / kb], Settings(home=Path(home), ingest={"dedupe": False}).ingest)
+            ingested = run_ingest([root / kb], Settings(home=Path(home), ingest={"dedupe": False}).ingest,
+                                  answers_from_questions=True)  # afqmc is an intent set: no answers
         rows = make_rows(ingested.entries, ingested.chunks)
         queries = [json.loads(x) for x in (root / qfile).read_text(encoding="utf-8").splitlines() if x.strip()]
         queries = [q for q in queries if q["gold"]]

@@ -40,7 +40,7 @@ def main() -> None:
         settings = Settings(home=Path(home), embed={"backend": args.backend, "question_rows_as": args.question_rows_as},
                             rerank={"backend": "none"}, ingest={"dedupe": False}, decide={"top_k": 3})
         t0 = time.perf_counter()
-        ingested = run_ingest([root / "kb.jsonl"], settings.ingest)
+        ingested = run_ingest([root / "kb.jsonl"], settings.ingest, answers_from_questions=True)  # intent sets too
         built = build_index(settings, "bench", ingested.entries, ingested.chunks, make_embedder(settings), {})
         build_s = time.perf_counter() - t0
         engine = make_engine(settings)

@@ -1,7 +1,7 @@
 """The ``kbsearch`` command line: thin subcommands over the library.
 
 Exit codes: 0 ok, 1 unexpected error, 2 bad input, 3 corrupt index, 4 not found, 5 backend failure,
-6 not ready, 7 missing dependency (see ``kbsearch.errors``).
+6 not ready, 7 missing dependency, 8 busy: another writer holds the KB (see ``kbsearch.errors``).
 """
 
 from __future__ import annotations
@@ -33,15 +33,45 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    """Parse, validate, dedupe, filter and chunk the files, then build and activate a new index."""
+    """``_ingest`` holding the KB's writer lock throughout (a second writer waits, then exits 8); a dry run takes none."""
+    from kbsearch.index.lock import kb_writer
+
+    if args.dry_run:
+        return _ingest(args, settings)
+    with kb_writer(settings, args.kb or settings.default_kb, "kbsearch ingest", create=True):
+        return _ingest(args, settings)
+
+
+def _ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Parse, validate, dedupe, filter and chunk the files, then build and activate a new index.
+
+    More rejected rows than ``--max-rejects`` (or any unreadable file) builds nothing and exits 2 after the
+    report; ``--dry-run`` stops after the report either way.
+    """
     from kbsearch.embed import make_embedder
     from kbsearch.index.builder import build_index
-    from kbsearch.ingest import run_ingest
+    from kbsearch.ingest import check_rejects, run_ingest
 
     kb = args.kb or settings.default_kb
     settings.kb_dir(kb)  # a bad name fails before any work
-    result = run_ingest([Path(p) for p in args.paths], settings.ingest, strict=args.strict, progress=True)
+    max_rejects = 0 if args.strict else args.max_rejects
+    if max_rejects is None:
+        max_rejects = settings.ingest.max_rejects
+    result = run_ingest([Path(p) for p in args.paths], settings.ingest, progress=True,
+                        answers_from_questions=True if args.answers_from_questions else None)
     print(result.report.render(), file=sys.stderr)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"kb": kb, "dry_run": True, "entries": len(result.entries), "chunks": len(result.chunks),
+                              "report": result.report.to_json()}, ensure_ascii=False, indent=2))
+        else:
+            print(f"dry run for kb {kb!r}: {len(result.entries)} entries, {len(result.chunks)} chunks; nothing built")
+        check_rejects(result.report, max_rejects)
+        return 0
+    try:
+        check_rejects(result.report, max_rejects)
+    except BadInputError as exc:
+        raise BadInputError(f"{exc}: nothing built, the active build (if any) is unchanged") from None
     if not result.entries:
         raise BadInputError("no entry was kept: nothing to index (the active build, if any, is unchanged)")
     entries, chunks, desk = result.entries, result.chunks, _review_desk(settings)
@@ -94,11 +124,32 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Re-embed the active build's entries into a new build and swap it in."""
     from kbsearch.embed import make_embedder
     from kbsearch.index.builder import rebuild_index
+    from kbsearch.index.lock import kb_writer
 
     kb = args.kb or settings.default_kb
-    built = rebuild_index(settings, kb, make_embedder(settings), progress=True)
-    print(f"rebuilt kb {kb!r} as {built.build_id}: {built.rows} index rows")
-    _train_kb_reranker(settings, kb)
+    with kb_writer(settings, kb, "kbsearch rebuild-index"):  # the build and its reranker: one writer throughout
+        built = rebuild_index(settings, kb, make_embedder(settings), progress=True)
+        print(f"rebuilt kb {kb!r} as {built.build_id}: {built.rows} index rows")
+        _train_kb_reranker(settings, kb)
+    return 0
+
+
+def cmd_builds(args: argparse.Namespace, settings: Settings) -> int:
+    """A KB's builds: list them (``*`` = active), show one (JSON), or roll back to one."""
+    from kbsearch.index import history
+
+    kb = args.kb or settings.default_kb
+    if args.builds_action == "show":
+        print(json.dumps(history.show_build(settings, kb, args.build_id), ensure_ascii=False, indent=2))
+    elif args.builds_action == "rollback":
+        done = history.rollback(settings, kb, args.build_id)
+        print(f"kb {kb!r} serves build {done.build_id}" + (f" (was {done.previous})" if done.changed else " (already did)"))
+    elif args.json:
+        print(json.dumps([b.to_json() for b in history.list_builds(settings, kb)], ensure_ascii=False, indent=2))
+    else:
+        for b in history.list_builds(settings, kb):
+            detail = b.error or f"{b.created_at}  {b.entries:>6} entries  {b.rows:>7} rows  {b.model}"
+            print(f"{'*' if b.active else ' '} {b.build_id}  {detail}")
     return 0
 
 
@@ -110,6 +161,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
     engine = make_engine(settings)
     engine.load(args.kb)
     try:
+        engine.active_build(args.kb or settings.default_kb)  # a corrupt index exits 3, not a canned hand-off
         answer = engine.ask(args.question, kb=args.kb, top_k=args.top_k, explain=args.explain)
     finally:
         engine.close()
@@ -357,6 +409,17 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="kbsearch", description=__doc__.splitlines()[0])
@@ -367,13 +430,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", help="load FAQ files into a new index build")
     s.add_argument("paths", nargs="+", help="FAQ files or directories (jsonl, json, csv, tsv, xlsx, md)")
     s.add_argument("--kb", help="knowledge base name (default: default)")
-    s.add_argument("--strict", action="store_true", help="fail the whole ingest on any bad row")
+    s.add_argument("--max-rejects", type=_non_negative, metavar="N",
+                   help="build without up to N rejected rows; more builds nothing and exits 2 (default 0)")
+    s.add_argument("--strict", action="store_true", help="the same as --max-rejects 0")
+    s.add_argument("--dry-run", action="store_true",
+                   help="parse, validate, dedupe and chunk, print the report, build nothing (exit code as a build)")
+    s.add_argument("--answers-from-questions", action="store_true",
+                   help="an intent dataset: files need no answer column and an empty answer is the question")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("rebuild-index", help="re-embed the active build into a new build")
     s.add_argument("--kb", help="knowledge base name (default: default)")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("builds", help="a KB's builds: list them, show one, roll back to one")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    bs = s.add_subparsers(dest="builds_action", required=True)
+    for name, text in (("list", "the builds on disk, newest first (* = active)"),
+                       ("show", "one build's manifest and report summary (JSON)"),
+                       ("rollback", "make another build on disk active again (loaded in full first)")):
+        b = bs.add_parser(name, help=text)
+        b.add_argument("--kb", default=argparse.SUPPRESS, help="knowledge base name (default: default)")
+        if name == "list":
+            b.add_argument("--json", action="store_true")
+        else:
+            b.add_argument("build_id")
+    s.set_defaults(func=cmd_builds)
 
     s = sub.add_parser("review", help="operator decisions on logged questions, and publishing them")
     s.add_argument("--kb", help="knowledge base name (default: default)")

@@ -82,6 +82,9 @@ class IndexSettings(_Group):
         "faiss", description="Vector index of new builds: faiss (exact inner product, on the GPU when one is present) "
         "or numpy (brute force, the oracle). A build records its backend and is always loaded with it.")
     keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
+    lock_timeout_s: float = Field(60.0, ge=0, le=86400, description="How long a writer (ingest, rebuild-index, publish, "
+                                  "reranker training, rollback) waits for another writer of the same KB before failing "
+                                  "(exit 8 / HTTP 429).")
 
 
 class RetrieveSettings(_Group):
@@ -106,6 +109,13 @@ class RetrieveSettings(_Group):
     bm25_top_k: int = Field(50, ge=1, le=1000, description="Rows taken from BM25.")
     vector_timeout_s: float = Field(5.0, gt=0, description="Question embedding + vector search slower than this falls back to BM25.")
     workers: int = Field(4, ge=1, le=256, description="Threads that run question embedding + vector search (each under the timeout).")
+    vector_queue_timeout_s: float = Field(
+        1.0, gt=0, le=600, description="Longest a question waits for a free vector worker (all busy: a slow or hung "
+        "model) before BM25 answers it; vector_timeout_s counts from when a worker starts on it.")
+    breaker_failures: int = Field(5, ge=0, le=10_000, description="Vector-path failures in a row that open the "
+                                  "circuit: questions then go straight to BM25 (0 = never).")
+    breaker_cooldown_s: float = Field(10.0, gt=0, le=3600, description="How long the circuit stays open before "
+                                      "one question probes the vector path again.")
 
 
 class RerankSettings(_Group):
@@ -190,7 +200,12 @@ class IngestSettings(_Group):
     dedupe_confirm_ratio: float = Field(90.0, ge=0, le=100, description="rapidfuzz ratio (0-100) a candidate pair must reach to merge.")
     policy_max_age_days: int = Field(365, ge=0, description="Answers that declare a dated policy older than this are flagged.")
     chunk_max_chars: int = Field(300, ge=50, description="Answers longer than this are split at their own headings/paragraphs.")
-    lenient_null_answer: bool = Field(True, description="A null answer (intent datasets) is filled with the question.")
+    answers_from_questions: bool = Field(
+        False, description="Intent datasets: a file may have no answer column, and a row's empty or missing answer is "
+        "its question. Off: an FAQ file without an answer column stops the ingest (exit 2) and an empty answer rejects "
+        "the row.")
+    max_rejects: int = Field(0, ge=0, description="Rejected rows `kbsearch ingest` accepts and still builds without; "
+                             "more, or any unreadable file, builds nothing and exits 2 (--max-rejects overrides).")
 
 
 class ApiSettings(_Group):
@@ -198,6 +213,16 @@ class ApiSettings(_Group):
 
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=1, le=65535, description="Port.")
+    max_in_flight: int = Field(4, ge=1, le=1024, description="Questions answered at once; more wait in the queue.")
+    max_queue: int = Field(32, ge=0, le=100_000, description="Questions waiting for a slot; past it /ask answers 429 "
+                           "at once (with Retry-After) instead of growing a queue.")
+    queue_timeout_s: float = Field(2.0, gt=0, le=600, description="A question that waited this long for a slot is "
+                                   "answered 429, not late.")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="The Retry-After of a 429.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024 * 1024,
+                                description="Largest request body (413 above it); the dashboard's label upload has its own.")
+    cors_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser (CORS); "
+                                          "empty = CORS off (same-origin only).")
 
 
 class TelemetrySettings(_Group):
@@ -260,7 +285,7 @@ LEGACY_NAMES: dict[str, tuple[str, str]] = {
     **{f"pair_{f}": ("pair", f) for f in ("model", "threshold", "max_length")},
     **{f: ("ingest", f) for f in ("dedupe", "dedupe_num_perm", "dedupe_shingle", "dedupe_lsh_threshold",
                                    "dedupe_confirm_ratio", "policy_max_age_days", "chunk_max_chars")},
-    "ingest_lenient_null_answer": ("ingest", "lenient_null_answer"),
+    "ingest_lenient_null_answer": ("ingest", "answers_from_questions"),
     "host": ("api", "host"),
     "port": ("api", "port"),
 }

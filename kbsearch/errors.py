@@ -6,7 +6,8 @@ calls them, so the service and the CLI only ever see ``KbsearchError`` subclasse
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from kbsearch.codes import FallbackCause
@@ -74,3 +75,49 @@ class MissingDependencyError(KbsearchError):
 
     exit_code = 7
     http_status = 503
+
+
+class BusyError(KbsearchError):
+    """Too much is in flight (the question queue is full, or a question waited too long for a slot), or another
+    writer holds the knowledge base: try again later (HTTP 429 with ``Retry-After``)."""
+
+    exit_code = 8
+    http_status = 429
+
+
+class KbBusyError(BusyError):
+    """Another writer (an ingest, rebuild, publish, reranker training or rollback) holds the knowledge base's lock.
+
+    Args:
+        kb: The knowledge base.
+        pid: The holder's process id, when its lock file says.
+        purpose: What the holder is doing, when its lock file says.
+        waited_s: How long this writer waited.
+    """
+
+    def __init__(self, kb: str, pid: int | None, purpose: str, waited_s: float) -> None:
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(f"knowledge base {kb!r} is busy: {who} ({purpose or 'a writer'}) holds its writer lock; "
+                         f"waited {waited_s:g} s, try again when it is done")
+        self.kb, self.pid = kb, pid
+
+
+T = TypeVar("T")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:/[^\s'\"`:,;()\[\]{}<>/]+)+")
+
+
+def without_paths(value: T) -> T:
+    """``value`` (a text, or a JSON-like tree of them) with every absolute file-system path shortened to
+    ``…/<last part>``.
+
+    For what the API returns (readiness, build details, error details): library messages (a model that failed
+    to load, a file that is unreadable) and model ids (a local model folder) name absolute paths, which tell a
+    caller how the server's disk is laid out.
+    """
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(0).rsplit("/", 1)[-1], value)  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]  # type: ignore[return-value]
+    return value

@@ -112,7 +112,12 @@ def test_defaults_come_from_settings(tmp_path):
 
 
 def test_explain_over_http(client):
-    body = client.post("/ask", json={"question": "如何申请退货？", "explain": True}).json()
+    # explain shows candidates and thresholds: an operator's tool, not a client's
+    anonymous = client.post("/ask", json={"question": "如何申请退货？", "explain": True})
+    assert anonymous.status_code == 401 and "explain" not in anonymous.json()
+    key = client.app.state.guard.generated_admin_key
+    body = client.post("/ask", json={"question": "如何申请退货？", "explain": True},
+                       headers={"Authorization": f"Bearer {key}"}).json()
     assert body["explain"]["first_stage"] == "fused" and body["explain"]["decision"]["rule"] == "answered"
     assert body["explain"]["vector"][0]["id"] == "ret-1" and body["explain"]["fused"][0]["id"] == "ret-1"
     # explain and timings_ms are read from the same trace: one span per stage, the same durations.

@@ -52,10 +52,67 @@ def test_strict_failure_keeps_serving_build(home, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl:3" in err
     assert active_build_id(home / "default") == before
-    # Without --strict the bad row is skipped and reported, the good rows are served.
-    assert main(["ingest", str(bad)]) == 0
+    # --max-rejects allows that many bad rows: they are skipped and reported, the good rows are served.
+    assert main(["ingest", str(bad), "--max-rejects", "1"]) == 0
     assert "bad.jsonl:3" in capsys.readouterr().err
     assert set(load_build(home / "default").entries) == {"a1", "a2"}
+
+
+def test_rejected_rows_fail_by_default_and_build_nothing(home, tmp_path, capsys):
+    """Building the good rows would silently drop the rejected rows' served versions: nothing is built."""
+    assert main(["ingest", str(_jsonl(tmp_path / "kb.jsonl", GOOD))]) == 0
+    before = active_build_id(home / "default")
+    broken = [GOOD[0], {**GOOD[1], "valid_until": "31/12/2099"}, {"id": "a3", "question": "", "answer": "x"}]
+    bad = _jsonl(tmp_path / "bad.jsonl", broken)
+    capsys.readouterr()
+    assert main(["ingest", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2: valid_until: unparseable date" in err and "bad.jsonl:3: empty question" in err  # the report
+    assert "2 rejected row(s), more than the 0 allowed (--max-rejects)" in err and "active build" in err
+    assert active_build_id(home / "default") == before and set(load_build(home / "default").entries) == {"a1", "a2"}
+    assert main(["ingest", str(bad), "--max-rejects", "1"]) == 2  # still over
+    assert main(["ingest", str(bad), "--max-rejects", "2"]) == 0
+    assert set(load_build(home / "default").entries) == {"a1"}
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", str(bad), "--max-rejects", "-1"])
+    assert info.value.code == 2
+
+
+def test_unreadable_file_fails_whatever_the_limit(home, tmp_path, capsys):
+    (tmp_path / "kb").mkdir()
+    _jsonl(tmp_path / "kb" / "a.jsonl", GOOD)
+    (tmp_path / "kb" / "b.json").write_text("{not json", encoding="utf-8")
+    assert main(["ingest", str(tmp_path / "kb"), "--max-rejects", "100"]) == 2
+    assert "1 unreadable file(s)" in capsys.readouterr().err
+    assert active_build_id(home / "default") is None
+
+
+def test_dry_run_validates_and_builds_nothing(home, tmp_path, capsys):
+    good = _jsonl(tmp_path / "kb.jsonl", GOOD)
+    assert main(["ingest", str(good), "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dry_run"] is True and out["entries"] == 2 and out["report"]["kept"] == 2
+    assert active_build_id(home / "default") is None and not (home / "default").exists()
+    bad = _jsonl(tmp_path / "bad.jsonl", GOOD + [{"id": "a3", "question": "q3", "answer": ""}])
+    assert main(["ingest", str(bad), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "bad.jsonl:3: empty answer" in captured.err and "2 entries, 2 chunks; nothing built" in captured.out
+    assert main(["ingest", str(bad), "--dry-run", "--max-rejects", "1"]) == 0
+    assert active_build_id(home / "default") is None
+
+
+def test_faq_file_without_answer_column_fails_unless_intents(home, tmp_path, capsys):
+    path = tmp_path / "faq.csv"
+    path.write_text("问题,回复内容\n如何申请退货？,在订单详情页申请退货。\n", encoding="utf-8")
+    assert main(["ingest", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: no answer column among the columns found (问题, 回复内容)" in err
+    assert active_build_id(home / "default") is None
+    assert main(["ingest", str(path), "--answers-from-questions", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["report"]["answers_from_question"] == 1
+    (entry,) = load_build(home / "default").entries.values()
+    assert entry.answer == entry.question == "如何申请退货？"
 
 
 def test_nothing_kept_is_bad_input(home, tmp_path, capsys):

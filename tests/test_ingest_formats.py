@@ -41,7 +41,11 @@ def by_id(result) -> dict:
      ("有效期至", "valid_until"), ("失效日期", "valid_until"), ("截止日期", "valid_until"), ("expires", "valid_until"),
      ("生效日期", "valid_from"), ("生效时间", "valid_from"), ("更新时间", "updated_at"), ("更新日期", "updated_at"),
      ("标签", "tags"), ("编号", "id"), ("ID", "id"), ("id", "id"), ("Valid Until", "valid_until"),
-     ("valid-from", "valid_from"), ("备注", None)],
+     ("valid-from", "valid_from"), ("备注", None),
+     # hints after the name (MaxKB's template), FastGPT's indexes
+     ("分段内容（必填，问题答案）", "answer"), ("分段标题（选填）", "heading"), ("問題（選填，單元格內一行一個）", "question"),
+     ("Section content (required, question answer)", "answer"), ("答案(必填)", "answer"), ("indexes", "variants"),
+     ("（选填）", None)],
 )
 def test_column_aliases(alias: str, field: str | None) -> None:
     assert canonical_field(alias) == field

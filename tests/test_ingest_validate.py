@@ -13,6 +13,7 @@ import pytest
 from kbsearch.config import IngestSettings
 from kbsearch.errors import BadInputError
 from kbsearch.ingest import run_ingest
+from kbsearch.ingest.pipeline import answers_from_questions_setting
 from kbsearch.ingest.validate import RowError, derived_id, parse_date
 
 TODAY = dt.date(2025, 6, 1)
@@ -83,15 +84,54 @@ def test_identical_repeats_are_folded_and_counted(tmp_path: Path) -> None:
     assert (report.rows_read, report.loaded, report.identical_repeats, len(report.rejected)) == (4, 2, 2, 0)
 
 
-def test_null_answer_filled_or_rejected_by_setting(tmp_path: Path) -> None:
+def test_empty_answers_are_rejected_unless_answers_from_questions(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "kb.jsonl", [{"id": "i1", "question": "card arrival", "answer": None},
-                                               {"id": "i2", "question": "card lost"}])
-    lenient = run_ingest([path], IngestSettings(lenient_null_answer=True), today=TODAY)
-    assert [e.answer for e in lenient.entries] == ["card arrival", "card lost"]
-    assert lenient.report.answers_from_question == 2
-    strict = run_ingest([path], IngestSettings(lenient_null_answer=False), today=TODAY)
-    assert strict.entries == []
-    assert {p.reason for p in strict.report.rejected} == {"empty answer (null; ingest.lenient_null_answer is off)"}
+                                               {"id": "i2", "question": "card lost"},
+                                               {"id": "i3", "question": "card fee", "answer": "  "},
+                                               {"id": "i4", "question": "top up", "answer": "In the app."}])
+    default = run_ingest([path], IngestSettings(), today=TODAY)
+    assert [e.id for e in default.entries] == ["i4"] and default.report.answers_from_question == 0
+    assert {(p.line, p.reason) for p in default.report.rejected} == {(1, "empty answer"), (2, "empty answer"),
+                                                                    (3, "empty answer")}
+    intents = run_ingest([path], IngestSettings(), today=TODAY, answers_from_questions=True)
+    assert [e.answer for e in intents.entries] == ["card arrival", "card lost", "card fee", "In the app."]
+    assert intents.report.answers_from_question == 3 and not intents.report.rejected
+
+
+def test_answers_from_questions_setting_is_off_unless_asked_for() -> None:
+    assert answers_from_questions_setting(IngestSettings()) is False
+    assert answers_from_questions_setting(IngestSettings(answers_from_questions=True)) is True
+
+
+@pytest.mark.parametrize("text", ["长期有效", "永久", "永久有效", " 长期 ", "長期有效", "Permanent", "无期限"])
+def test_valid_until_that_never_ends(tmp_path: Path, text: str) -> None:
+    path = write_jsonl(tmp_path / "kb.jsonl", [{"question": "q", "answer": "a", "有效期至": text}])
+    (entry,) = run_ingest([path], IngestSettings(), today=TODAY).entries
+    assert entry.valid_until is None
+
+
+def test_no_end_words_are_not_a_start_date(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "kb.jsonl", [{"question": "q", "answer": "a", "生效日期": "永久"}])
+    (bad,) = run_ingest([path], IngestSettings(), today=TODAY).report.rejected
+    assert bad.reason == "valid_from: unparseable date '永久'"
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [("怎么退货|退货流程", ("怎么退货", "退货流程")),
+     ("怎么退货；退货流程；如何退", ("怎么退货", "退货流程", "如何退")),
+     ("怎么退货、退货流程", ("怎么退货", "退货流程")),
+     ("怎么退货\n退货流程\r\n如何退", ("怎么退货", "退货流程", "如何退")),
+     ("1. 怎么退货\n2. 退货流程", ("怎么退货", "退货流程")),
+     ("1、怎么退货\n2、退货流程", ("怎么退货", "退货流程")),
+     ("2.5G套餐怎么办理", ("2.5G套餐怎么办理",)),
+     (" | 怎么退货 ||、", ("怎么退货",))],
+)
+def test_variant_separators(tmp_path: Path, cell: str, expected: tuple[str, ...]) -> None:
+    path = tmp_path / "kb.csv"
+    path.write_text('question,answer,variants\n如何退货？,七天内可退。,"' + cell + '"\n', "utf-8")
+    (entry,) = run_ingest([path], IngestSettings(), today=TODAY).entries
+    assert entry.variants == expected
 
 
 def test_derived_ids_are_stable_and_content_based() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from kbsearch.errors import IndexCorruptError, NotFoundError
 from kbsearch.index.builder import make_rows
 from kbsearch.index.manifest import IndexManifest
-from kbsearch.index.store import active_build_id, load_build, swap_active, write_build
+from kbsearch.index.store import active_build_id, load_build, new_build_id, swap_active, write_build
 from kbsearch.index.faiss_backend import FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
 from support import SMALL_KB, one_chunk
@@ -120,3 +122,70 @@ def test_a_manifest_of_an_earlier_release_still_loads(tmp_path):
     path.write_text(json.dumps({"build_id": "b1"}))  # no counts, no checksums: unreadable, and said so
     with pytest.raises(IndexCorruptError, match="manifest is malformed"):
         load_build(kb)
+
+
+def test_build_files_and_folders_are_fsynced_before_active_moves(tmp_path, monkeypatch):
+    """Crash safety: every file of the build and the build folder reach the disk before the folder is renamed,
+    the rename before ACTIVE names it, and ACTIVE's own rename right after (the parent folders are fsynced)."""
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", f"{a} -> {b}")), real_replace(a, b))[1])
+    _write(kb, "b2")
+    tmp, final = str(kb / "builds" / ".tmp-b2"), str(kb / "builds" / "b2")
+    rename = events.index(("replace", f"{tmp} -> {final}"))
+    pointer = next(i for i, (kind, what) in enumerate(events) if kind == "replace" and what.endswith(f"{kb}/ACTIVE"))
+    synced_before = {what for kind, what in events[:rename] if kind == "fsync"}
+    assert {f"{tmp}/{p.name}" for p in (kb / "builds" / "b2").iterdir()} | {tmp} <= synced_before
+    assert ("fsync", str(kb / "builds")) in events[rename:pointer]  # the rename is durable before ACTIVE moves
+    assert ("fsync", str(kb)) in events[pointer:]  # and ACTIVE's rename right after
+    assert active_build_id(kb) == "b2"
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned_by_the_next_writer(tmp_path):
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    (kb / "builds" / ".tmp-b2").mkdir()
+    (kb / "builds" / ".tmp-b2" / "entries.jsonl").write_text("{}\n")
+    (kb / ".ACTIVE.1a2b3c4d").write_text("b2")
+    (kb / "thresholds.json").write_text("{}")  # not a leftover
+    _write(kb, "b3")
+    assert sorted(p.name for p in (kb / "builds").iterdir()) == ["b1", "b3"]
+    assert sorted(p.name for p in kb.iterdir()) == [".lock", "ACTIVE", "builds", "thresholds.json"]
+
+
+def test_active_must_name_a_build(tmp_path):
+    """An ACTIVE pointer that is empty or a path is corrupt state (exit 3), not 'no KB' and never a path to follow."""
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    for bad in ("", "\n", "../../etc", "/etc/passwd", ".tmp-b1"):
+        (kb / "ACTIVE").write_text(bad)
+        with pytest.raises(IndexCorruptError, match="ACTIVE pointer") as exc:
+            load_build(kb)
+        assert str(tmp_path) not in str(exc.value)
+    with pytest.raises(NotFoundError):
+        swap_active(kb, "../b1")
+    swap_active(kb, "b1")  # the repair
+    assert load_build(kb).build_id == "b1"
+
+
+def test_corrupt_build_messages_name_no_paths(tmp_path):
+    kb = tmp_path / "shop"
+    _write(kb, "b1")
+    (kb / "builds" / "b1" / "vectors.faiss").write_bytes(b"garbage")
+    (kb / "builds" / "b1" / "bm25.json").unlink()
+    build = load_build(kb)
+    assert "vectors.faiss fails its checksum" in build.vector_error and "bm25.json is missing" in build.bm25_error
+    (kb / "builds" / "b1" / "manifest.json").write_text('{"build_id": "b1", "dimen')  # truncated
+    with pytest.raises(IndexCorruptError, match="b1: its manifest is not valid JSON") as exc:
+        load_build(kb)
+    assert all(str(tmp_path) not in m for m in (str(exc.value), build.vector_error, build.bm25_error))
+
+
+def test_new_build_ids_sort_in_the_order_they_were_made():
+    ids = [new_build_id() for _ in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert all(re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", i) for i in ids)

@@ -15,6 +15,8 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Body
+from fastapi import Path as FastApiPath
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from sqlalchemy.engine import Engine
 
@@ -23,6 +25,8 @@ from kbsearch.api.models import AskResponse, DecisionRequest, HitTestRequest, Kb
 from kbsearch.config import KB_NAME_PATTERN, Settings
 from kbsearch.decide.human import load_rules, save_rules
 from kbsearch.errors import BadInputError
+from kbsearch.index import history
+from kbsearch.index.store import BUILD_ID_PATTERN, knowledge_bases
 from kbsearch.questionlog import report
 from kbsearch.questionlog.report import Window
 from kbsearch.questionlog.writer import QuestionLog
@@ -108,10 +112,8 @@ def admin_router(settings: Settings, engine: QueryEngine, ops: Operations, guard
     @api.get("/me")
     def me(actor: Actor) -> dict[str, Any]:
         """Who is logged in, the KBs, and the lines the charts draw."""
-        home = settings.home
-        kbs = sorted(p.name for p in home.iterdir() if (p / "ACTIVE").is_file()) if home.is_dir() else []
         d, t = settings.dashboard, settings.decide
-        return {"actor": actor, "kbs": kbs, "default_kb": settings.default_kb,
+        return {"actor": actor, "kbs": knowledge_bases(settings.home), "default_kb": settings.default_kb,
                 "lines": {"handoff": d.handoff_line, "latency_ms": d.latency_line_ms, "low_rate": d.low_rate,
                           "min_views": d.min_views},
                 "thresholds": {"vector": t.threshold_vector, "rerank": t.threshold_rerank, "bm25": t.threshold_bm25},
@@ -205,7 +207,7 @@ def admin_router(settings: Settings, engine: QueryEngine, ops: Operations, guard
                 "pending": ops.desk.pending(kb)}
 
     @api.post("/decisions/{decision_id}/undo")
-    def undo(decision_id: int, actor: Actor) -> dict[str, Any]:
+    def undo(decision_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)], actor: Actor) -> dict[str, Any]:
         """Undo a decision (the next publish takes it out of the served build)."""
         return {"decision": ops.desk.undo(decision_id, actor=actor).to_json()}
 
@@ -235,6 +237,25 @@ def admin_router(settings: Settings, engine: QueryEngine, ops: Operations, guard
         return {"build_id": done.build_id, "applied": done.applied, "removed": done.removed,
                 "embedded_rows": b.embedded if b else 0, "reused_rows": b.reused if b else 0,
                 "seconds": round(sum(b.seconds.values()), 3) if b else 0.0}
+
+    @api.get("/builds")
+    def builds(kb: KbParam = None) -> dict[str, Any]:
+        """The KB's builds on disk, newest first, the active one marked."""
+        kb = kb or settings.default_kb
+        return {"kb": kb, "builds": [b.to_json() for b in history.list_builds(settings, kb)]}
+
+    @api.get("/builds/{build_id}")
+    def build(build_id: Annotated[str, FastApiPath(pattern=BUILD_ID_PATTERN)], kb: KbParam = None) -> dict[str, Any]:
+        """One build's manifest and report summary."""
+        return history.show_build(settings, kb or settings.default_kb, build_id)
+
+    @api.post("/builds/rollback")
+    def rollback(kb: Annotated[str, Body(pattern=KB_NAME_PATTERN)],
+                 build_id: Annotated[str, Body(pattern=BUILD_ID_PATTERN)]) -> dict[str, Any]:
+        """Make another build on disk active again, once it loads in full (429 while another writer holds the KB)."""
+        done = history.rollback(settings, kb, build_id)
+        engine.builds.get(kb)  # serve it now: /readyz shows it before the next question
+        return done.to_json()
 
     @api.get("/rules")
     def rules(kb: KbParam = None) -> dict[str, Any]:

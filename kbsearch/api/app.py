@@ -14,13 +14,18 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import SQLAlchemyError
 
 from kbsearch import __version__
-from kbsearch.api.admin import PAGE_HEADERS, STATIC, Operations, admin_router, unavailable_router
+from kbsearch.api.admin import MAX_UPLOAD, PAGE_HEADERS, STATIC, Operations, admin_router, unavailable_router
 from kbsearch.api.auth import Guard
+from kbsearch.api.guards import Admission, BodyLimit, on_http_error, on_unexpected_error, on_validation_error
 from kbsearch.api.models import (
     REQUEST_ID_PATTERN,
     AskRequest,
@@ -31,7 +36,7 @@ from kbsearch.api.models import (
     SimilarityResponse,
 )
 from kbsearch.config import Settings
-from kbsearch.errors import KbsearchError
+from kbsearch.errors import BusyError, KbsearchError
 from kbsearch.questionlog.db import open_database, try_create_tables
 from kbsearch.questionlog.writer import QuestionLog
 from kbsearch.review.desk import ReviewDesk
@@ -117,31 +122,54 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
 
     @app.exception_handler(KbsearchError)
     async def _kbsearch_error(request: Request, exc: KbsearchError) -> JSONResponse:
-        return JSONResponse(status_code=exc.http_status, content={"detail": str(exc), "error": type(exc).__name__})
+        headers = {"Retry-After": str(settings.api.retry_after_s)} if isinstance(exc, BusyError) else None
+        return JSONResponse(status_code=exc.http_status, content={"detail": str(exc), "error": type(exc).__name__},
+                            headers=headers)
 
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, on_unexpected_error)
+    app.add_middleware(BodyLimit, default=settings.api.max_body_bytes,
+                       per_path={"/admin/api/decisions/import": MAX_UPLOAD + 64 * 1024})
+    if settings.api.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.api.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"])
+    admission = Admission(settings.api.max_in_flight, settings.api.max_queue, settings.api.queue_timeout_s)
+    app.state.admission = admission
+    metrics.watch_admission(admission.stats)
+
+    # The probes are async: they run on the event loop and never wait in the thread pool behind questions.
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
     @app.get("/readyz")
-    def readyz(engine: EngineDep) -> JSONResponse:
+    async def readyz(engine: EngineDep) -> JSONResponse:
         """The index and the models are loaded (503 with the reasons otherwise)."""
         status = engine.status()
         return JSONResponse(status_code=200 if status["ready"] else 503, content=status)
 
     @app.get("/metrics")
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         """Prometheus metrics (text exposition format)."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/ask", response_model=AskResponse, dependencies=client)
-    def ask(body: AskRequest, engine: EngineDep, response: Response, request_id: RequestId = None) -> AskResponse:
+    @app.post("/ask", response_model=AskResponse, dependencies=client,
+              responses={429: {"description": "Too many questions in flight: retry after Retry-After seconds"}})
+    async def ask(body: AskRequest, engine: EngineDep, response: Response, request: Request,
+                  request_id: RequestId = None) -> AskResponse:
         """Answer a question with the best FAQ entry, or hand off to a human.
 
         The ``X-Request-ID`` header (or a new id) becomes ``request_id`` and is echoed in the response header.
+        ``explain`` needs an operator key (it shows candidates and thresholds). Past ``api.max_in_flight``
+        questions and ``api.max_queue`` waiting, 429 with ``Retry-After``.
         """
-        answer = engine.ask(body.question, kb=body.kb, top_k=body.top_k, explain=body.explain, request_id=request_id)
+        if body.explain:
+            guard.admin_actor(request)
+        answer = await admission.run(lambda: run_in_threadpool(
+            engine.ask, body.question, kb=body.kb, top_k=body.top_k, explain=body.explain, request_id=request_id,
+            context=body.context()))
         response.headers["X-Request-ID"] = answer.request_id
         return AskResponse.from_answer(answer)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from kbsearch.codes import HandoffReason
 from kbsearch.config import KB_NAME_PATTERN
@@ -17,8 +18,19 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("must contain a non-whitespace character")
+    return _unicode(v)
+
+
+def _unicode(v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
     return v
 
+
+#: A chatbot-side identifier: 1..128 printable characters.
+ContextId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_unicode)]
 
 #: A user-supplied text: 1..2000 characters, not only whitespace.
 UserText = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_not_blank)]
@@ -33,7 +45,31 @@ class AskRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=20, description="How many results to return (default: decide.top_k, 3).")
     kb: str | None = Field(None, pattern=KB_NAME_PATTERN,
                            description="Knowledge base name (default: the default_kb setting, 'default').")
-    explain: bool = Field(False, description="Return every stage's candidates, scores and the deciding rule.")
+    explain: bool = Field(False, description="Return every stage's candidates, scores and the deciding rule "
+                          "(needs an operator key).")
+    session_id: ContextId | None = Field(None, description="The chatbot's conversation id (recorded in the question log).")
+    user_id: ContextId | None = Field(None, description="The chatbot's user id (recorded in the question log).")
+    channel: ContextId | None = Field(None, description="Where the user asked: app, web, wechat, ... (recorded).")
+    metadata: dict[Annotated[str, Field(max_length=64)], str | int | float | bool | None] | None = Field(
+        None, max_length=20, description="Up to 20 small context values from the chatbot backend (recorded).")
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        for key, value in v.items():
+            _unicode(key)
+            if isinstance(value, str) and len(_unicode(value)) > 256:
+                raise ValueError(f"metadata[{key[:64]!r}] is longer than 256 characters")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"metadata[{key[:64]!r}] must be a finite number")
+        return v
+
+    def context(self) -> dict[str, Any]:
+        """The chatbot's context fields that were given (for the question log)."""
+        ctx = {k: getattr(self, k) for k in ("session_id", "user_id", "channel", "metadata")}
+        return {k: v for k, v in ctx.items() if v is not None}
 
 
 

@@ -2,34 +2,71 @@
 
 A KB's calibrations live in ``<kb>/thresholds.json`` (score kind -> threshold, margin, and the model,
 reranker and first stage they were measured with). One is used only when the service decides with the
-same configuration; otherwise the setting applies and ``explain`` says why.
+same configuration; otherwise the setting applies and ``explain`` says why. A file that is not JSON, or an
+entry of the wrong shape (a threshold that is not a number...), is ignored with a logged warning:
+a bad calibration file must never turn every answer into a hand-off.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import uuid
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from kbsearch.config import DecideSettings
 from kbsearch.errors import NotFoundError
+from kbsearch.index.durable import write_text_atomic
 from kbsearch.index.store import active_build_id
 from kbsearch.types import ScoreKind
+
+log = logging.getLogger(__name__)
 
 THRESHOLDS = "thresholds.json"
 
 
 def read_thresholds(kb_dir: Path) -> dict[str, dict[str, Any]]:
-    """The KB's calibrated thresholds by score kind (``{}`` when never calibrated or unreadable)."""
+    """The KB's valid calibrations by score kind (``{}`` when never calibrated).
+
+    An unreadable file, or an entry of the wrong shape, is left out with a logged warning.
+    """
     try:
         data = json.loads((kb_dir / THRESHOLDS).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except ValueError:
+    except (OSError, ValueError) as exc:
+        log.warning("knowledge base %r: %s is unreadable (%s); the threshold settings apply",
+                    kb_dir.name, THRESHOLDS, type(exc).__name__)
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        log.warning("knowledge base %r: %s is not a JSON object; the threshold settings apply", kb_dir.name, THRESHOLDS)
+        return {}
+    valid = {}
+    for kind, cal in data.items():
+        why = _invalid(cal)
+        if why:
+            log.warning("knowledge base %r: %s entry %r ignored (%s); the %s threshold setting applies",
+                        kb_dir.name, THRESHOLDS, kind, why, kind)
+        else:
+            valid[kind] = cal
+    return valid
+
+
+def _number(value: Any, low: float, high: float) -> bool:
+    """A finite number in [low, high] (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+
+
+def _invalid(cal: Any) -> str | None:
+    """Why one stored calibration cannot be used, or None when it can (scores are cosines or probabilities)."""
+    if not isinstance(cal, dict):
+        return "not an object"
+    if not _number(cal.get("threshold"), -1.0, 1.0):
+        return f"threshold {str(cal.get('threshold'))[:40]!r} is not a number in [-1, 1]"
+    if cal.get("margin") is not None and not _number(cal["margin"], 0.0, 2.0):
+        return f"margin {str(cal['margin'])[:40]!r} is not a number in [0, 2]"
+    return None
 
 
 def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]]) -> Path:
@@ -41,9 +78,7 @@ def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]]) -> Path:
     if active_build_id(kb_dir) is None:
         raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build to calibrate")
     data = {**read_thresholds(kb_dir), **update}
-    tmp = kb_dir / f".{THRESHOLDS}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, kb_dir / THRESHOLDS)
+    write_text_atomic(kb_dir / THRESHOLDS, json.dumps(data, ensure_ascii=False, indent=2))
     return kb_dir / THRESHOLDS
 
 

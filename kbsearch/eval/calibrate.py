@@ -157,6 +157,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
     Raises:
         BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
             failed during the run, so some were answered from BM25).
+        IndexCorruptError: the KB's active build does not load.
     """
     if not queries:
         raise BadInputError("no queries to calibrate with")
@@ -165,6 +166,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
                             f"got {target}, {min_oos_handoff}")
     engine = QueryEngine(settings, embedder, planner)
     engine.load(kb)
+    engine.active_build(kb)  # a corrupt active build: exit 3, not thresholds measured on canned hand-offs
     qvecs = embed_questions(embedder, queries, settings.embed.batch_size)
     answers = [engine.ask(q.query, kb=kb, top_k=2, query_vector=v) for q, v in zip(queries, qvecs)]
     engine.close()

@@ -66,7 +66,8 @@ def prepare_benchmark(bench_dir: Path, settings: Settings, kb: str, embedder: Em
     kb_files = sorted(bench_dir.glob("kb*.jsonl"))
     if not kb_files:
         raise BadInputError(f"{bench_dir}: no kb.jsonl (or kb_*.jsonl) to ingest")
-    ingested = run_ingest(kb_files[:1], settings.ingest, progress=progress)
+    # benchmark KBs of intent datasets (banking77, clinc150, afqmc) have no answers: the question is the answer
+    ingested = run_ingest(kb_files[:1], settings.ingest, progress=progress, answers_from_questions=True)
     built = build_index(settings, kb, ingested.entries, ingested.chunks, embedder, ingested.report.to_json(),
                         progress=progress)
     out = {**ingested.report.to_json(), "build_id": built.build_id, "build_seconds": built.seconds}
@@ -266,7 +267,7 @@ def run_eval(settings: Settings, kb: str, queries: list[EvalQuery], embedder: Em
             engine = QueryEngine(cfg, embedder, rr)
             engine.load(kb)
             if merged is None:
-                merged = {m: e.id for e in engine.builds.get(kb).entries.values() for m in e.merged_ids}
+                merged = {m: e.id for e in engine.active_build(kb).entries.values() for m in e.merged_ids}
             answers = [engine.ask(q.query, kb=kb, top_k=10, query_vector=v) for q, v in zip(queries, qvecs)]
             engine.close()
             name = stage + suffix

@@ -34,6 +34,7 @@ from kbsearch.config import RerankDoc, Settings
 from kbsearch.errors import BadInputError
 from kbsearch.finetune.pairs import Pair, kb_pairs
 from kbsearch.finetune.train import Recipe, finetune
+from kbsearch.index.lock import kb_writer
 from kbsearch.rerank.blend import BLEND_WEIGHTS, blend
 from kbsearch.rerank.card import CARD, read_card
 from kbsearch.rerank.kb import ACTIVE, KB_RERANKER_DOC, RERANKERS, SKIP
@@ -169,11 +170,19 @@ def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
 
     A KB without variants gets no reranker (``SKIP`` records why). The model is switched in
     (``ACTIVE``) only when complete; its card holds the self-check, and the query path uses it only
-    when that check passed.
+    when that check passed. Holds the KB's writer lock throughout: two trainings never share the
+    training folder, and no build is published under one.
 
     Raises:
         BadInputError: the KB has no build.
+        KbBusyError: another writer held the KB's lock for the whole wait.
     """
+    with kb_writer(settings, kb, "KB reranker training"):
+        return _train_kb_reranker(settings, kb, progress=progress, say=say)
+
+
+def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, say: Callable[[str], None]) -> KbRerankerResult:
+    """``train_kb_reranker`` once the lock is held."""
     from kbsearch.embed.e5_small import materialize_e5_small
     from kbsearch.index.store import active_build_id, load_build
     from kbsearch.rerank.cross_encoder import CrossEncoderReranker

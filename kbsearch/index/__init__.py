@@ -4,7 +4,8 @@
 similarity of given rows); ``factory`` picks the backend (``faiss``, with GPU when present, or ``numpy``,
 the brute-force oracle) by name. ``builder`` turns entries into index rows, embeds them and writes a
 build; ``store`` keeps every build in its own directory with a typed ``manifest`` and publishes it by an
-atomic pointer swap.
+atomic, fsynced pointer swap (``durable``), holding the KB's writer lock (``lock``: one writer per KB);
+``history`` lists a KB's builds and rolls back to one.
 """
 
 from kbsearch.index.base import VectorIndex

@@ -21,6 +21,7 @@ from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
 from kbsearch.index.factory import build_vector_index
+from kbsearch.index.lock import kb_writer
 from kbsearch.index.manifest import REPORT_FILE
 from kbsearch.index.store import Build, load_build, write_build
 from kbsearch.lexical.bm25 import BM25Index
@@ -212,8 +213,14 @@ def ingest_report_of(build: Build) -> dict[str, Any] | None:
 
 
 def rebuild_index(settings: Settings, kb: str, embedder: Embedder, *, progress: bool = False) -> BuildResult:
-    """Re-embed the entries stored in ``kb``'s active build into a new build and activate it."""
-    current = load_build(settings.kb_dir(kb), device="cpu")
-    report: dict[str, Any] = {"rebuilt_from": current.build_id, "ingest_report": ingest_report_of(current)}
-    chunks = sorted(current.chunks.values(), key=lambda c: (c.faq_id, c.ordinal))
-    return build_index(settings, kb, list(current.entries.values()), chunks, embedder, report, progress=progress)
+    """Re-embed the entries stored in ``kb``'s active build into a new build and activate it (holding the KB's lock).
+
+    Raises:
+        NotFoundError: ``kb`` has no active build. IndexCorruptError: its entries are unreadable.
+        KbBusyError: another writer held the KB's lock for the whole wait.
+    """
+    with kb_writer(settings, kb, "rebuild-index"):
+        current = load_build(settings.kb_dir(kb), device="cpu")
+        report: dict[str, Any] = {"rebuilt_from": current.build_id, "ingest_report": ingest_report_of(current)}
+        chunks = sorted(current.chunks.values(), key=lambda c: (c.faq_id, c.ordinal))
+        return build_index(settings, kb, list(current.entries.values()), chunks, embedder, report, progress=progress)

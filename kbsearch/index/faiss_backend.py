@@ -115,9 +115,9 @@ class FaissIndex:
         """
         faiss = _faiss()
         if not path.is_file():
-            raise IndexCorruptError(f"vector index {path} is missing")
+            raise IndexCorruptError(f"vector index {path.name} is missing")
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise IndexCorruptError(f"vector index {path} is unreadable: {exc}") from exc
+            raise IndexCorruptError(f"vector index {path.name} is unreadable: {exc}") from exc
         return cls(index, device=device)

@@ -29,6 +29,7 @@ from kbsearch.index.builder import (
     publish_rows,
     row_prompts,
 )
+from kbsearch.index.lock import kb_writer
 from kbsearch.index.store import Build, load_build
 from kbsearch.types import Chunk, FaqEntry
 
@@ -170,7 +171,8 @@ def publish_changes(
 
     Rows the active build already has (same FAQ id, kind, text and chunk ordinal) keep their stored
     vectors; BM25 is rebuilt over all rows. When the active build's vector index cannot give its vectors,
-    every row is embedded again and the report says why.
+    every row is embedded again and the report says why. The KB's writer lock is held from reading the
+    active build to publishing the new one, so two publishes never lose each other's changes.
 
     Args:
         settings: ``home``, the ``embed`` group (batch size, row prompts) and the ``index`` group.
@@ -188,41 +190,43 @@ def publish_changes(
         BadInputError: the changes are inconsistent (see ``apply_changes``) or would remove every entry.
         IndexCorruptError: the active build is unreadable, or was embedded with another model, dimension or
             prompts (run ``kbsearch rebuild-index``).
+        KbBusyError: another writer held the KB's lock for the whole wait.
     """
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    current = load_build(settings.kb_dir(kb), device="cpu")
-    t1 = time.perf_counter()
-    seconds["load_build"] = t1 - t0
-    entries, chunks, counts = apply_changes(list(current.entries.values()), list(current.chunks.values()), changes)
-    if not entries:
-        raise BadInputError(f"the changes would remove every entry of knowledge base {kb!r}")
-    embedder.load()  # describe() knows the dimension only once loaded
-    _check_embedding(current, embedder, settings)
-    t2 = time.perf_counter()
-    seconds["model_load"] = t2 - t1
-    rows = make_rows(entries, chunks)
-    old_row = {r: i for i, r in enumerate(current.rows)}  # IndexRow is frozen: (faq_id, kind, text, chunk) is the key
-    keep = [i for i, r in enumerate(rows) if r in old_row]
-    stored, fallback = _stored_vectors(current, [old_row[rows[i]] for i in keep])
-    if stored is None:
-        keep = []
-    vectors = np.zeros((len(rows), embedder.dim), dtype=np.float32)
-    if keep:
-        vectors[keep] = stored
-    fresh = sorted(set(range(len(rows))) - set(keep))
-    if fresh:
-        vectors[fresh] = embed_rows(embedder, [rows[i] for i in fresh], settings.embed.batch_size,
-                                    question_rows_as=settings.embed.question_rows_as)
-    seconds["embed"] = time.perf_counter() - t2
-    full_report = {
-        **(report or {}),
-        "incremental": {
-            "from_build": current.build_id,
-            "changes": counts,
-            "rows": {"embedded": len(fresh), "reused": len(keep), "dropped": len(old_row.keys() - set(rows))},
-            "reembedded_all": fallback,
-        },
-        "ingest_report": ingest_report_of(current),
-    }
-    return publish_rows(settings, kb, entries, chunks, rows, vectors, embedder, full_report, seconds, reused=len(keep))
+    with kb_writer(settings, kb, "publish changes"):  # one writer per KB: no update is lost
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        current = load_build(settings.kb_dir(kb), device="cpu")
+        t1 = time.perf_counter()
+        seconds["load_build"] = t1 - t0
+        entries, chunks, counts = apply_changes(list(current.entries.values()), list(current.chunks.values()), changes)
+        if not entries:
+            raise BadInputError(f"the changes would remove every entry of knowledge base {kb!r}")
+        embedder.load()  # describe() knows the dimension only once loaded
+        _check_embedding(current, embedder, settings)
+        t2 = time.perf_counter()
+        seconds["model_load"] = t2 - t1
+        rows = make_rows(entries, chunks)
+        old_row = {r: i for i, r in enumerate(current.rows)}  # IndexRow is frozen: (faq_id, kind, text, chunk) is the key
+        keep = [i for i, r in enumerate(rows) if r in old_row]
+        stored, fallback = _stored_vectors(current, [old_row[rows[i]] for i in keep])
+        if stored is None:
+            keep = []
+        vectors = np.zeros((len(rows), embedder.dim), dtype=np.float32)
+        if keep:
+            vectors[keep] = stored
+        fresh = sorted(set(range(len(rows))) - set(keep))
+        if fresh:
+            vectors[fresh] = embed_rows(embedder, [rows[i] for i in fresh], settings.embed.batch_size,
+                                        question_rows_as=settings.embed.question_rows_as)
+        seconds["embed"] = time.perf_counter() - t2
+        full_report = {
+            **(report or {}),
+            "incremental": {
+                "from_build": current.build_id,
+                "changes": counts,
+                "rows": {"embedded": len(fresh), "reused": len(keep), "dropped": len(old_row.keys() - set(rows))},
+                "reembedded_all": fallback,
+            },
+            "ingest_report": ingest_report_of(current),
+        }
+        return publish_rows(settings, kb, entries, chunks, rows, vectors, embedder, full_report, seconds, reused=len(keep))

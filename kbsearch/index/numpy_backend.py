@@ -64,8 +64,8 @@ class NumpyIndex:
             IndexCorruptError: the file is missing or not a float matrix.
         """
         if not Path(path).is_file():
-            raise IndexCorruptError(f"vector index {path} is missing")
+            raise IndexCorruptError(f"vector index {path.name} is missing")
         try:
             return cls(np.load(path, allow_pickle=False))
         except (OSError, ValueError, BadInputError) as exc:
-            raise IndexCorruptError(f"vector file {path} is unreadable: {exc}") from exc
+            raise IndexCorruptError(f"vector file {path.name} is unreadable: {exc}") from exc

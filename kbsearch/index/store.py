@@ -3,12 +3,16 @@
 Layout under ``Settings.home``::
 
     <kb>/ACTIVE                    the active build id (replaced atomically with os.replace)
+    <kb>/.lock                     the writer lock (``kbsearch.index.lock``): one writer per KB
     <kb>/builds/<build_id>/        one immutable directory per build:
         manifest.json              model, dimension, prompts, vector backend, counts, sha256 of every file
         entries.jsonl chunks.jsonl rows.jsonl vectors.faiss (or .npy) bm25.json report.json
 
-A build is written into ``builds/.tmp-<id>`` and renamed into place only when complete, then ACTIVE is
-swapped. A crash at any point leaves the previous build served. Loading verifies the checksums.
+A build is written into ``builds/.tmp-<id>``, fsynced, and renamed into place only when complete, then
+ACTIVE is swapped (a fsynced temp pointer renamed over it, then the KB folder fsynced). A crash at any
+point leaves the previous build served; the next writer removes the leftovers (``kbsearch.index.lock``,
+whose lock every write here holds). Loading verifies the checksums. Messages name builds and files
+relative to the KB, never absolute paths: they reach ``/readyz`` and hand-off reasons.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -26,15 +31,20 @@ from typing import Any
 
 from kbsearch.checksum import sha256_file
 from kbsearch.codes import FallbackCause
+from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.base import VectorIndex
+from kbsearch.index.durable import fsync_path, fsync_tree, write_text_atomic
 from kbsearch.index.factory import VECTOR_FILES, load_vector_index
+from kbsearch.index.lock import writer_lock
 from kbsearch.index.manifest import BM25_FILE, REPORT_FILE, IndexManifest, VectorIndexInfo
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
 
 MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
+BUILD_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+"""Build ids: a folder name under ``builds/`` (never a path, never hidden), whatever ``ACTIVE`` says."""
 
 
 def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
@@ -49,30 +59,61 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def new_build_id(now: dt.datetime | None = None) -> str:
-    """A sortable, unique build id, e.g. ``20261122T101500Z-1a2b3c``."""
+    """A unique build id that sorts by time, e.g. ``20261122T101500Z-1a2b3c``.
+
+    The suffix is the microsecond in 5 hex digits and one random digit, so builds made within one second
+    still sort in the order they were made ("the newest build" is the greatest id).
+    """
     now = now or dt.datetime.now(dt.timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return now.strftime("%Y%m%dT%H%M%SZ") + f"-{now.microsecond:05x}{uuid.uuid4().int % 16:x}"
 
 
 def active_build_id(kb_dir: Path) -> str | None:
-    """The build id ACTIVE points to, or None when the KB has no active build."""
+    """The build id ACTIVE points to, or None when the KB has no ACTIVE file (never published).
+
+    Raises:
+        IndexCorruptError: ACTIVE is empty, unreadable or not a build id (e.g. a path).
+    """
     try:
         value = (kb_dir / ACTIVE).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return value or None
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"the ACTIVE pointer of knowledge base {kb_dir.name!r} is unreadable "
+                                f"({type(exc).__name__})") from exc
+    if not re.fullmatch(BUILD_ID_PATTERN, value):
+        raise IndexCorruptError(f"the ACTIVE pointer of knowledge base {kb_dir.name!r} is "
+                                + ("empty" if not value else f"not a build id: {value[:80]!r}"))
+    return value
+
+
+def build_ids(kb_dir: Path) -> list[str]:
+    """Ids of the KB's complete builds (renamed into place, with a manifest), newest first (ids sort by time)."""
+    folder = kb_dir / "builds"
+    if not folder.is_dir():
+        return []
+    return sorted((p.name for p in folder.iterdir() if re.fullmatch(BUILD_ID_PATTERN, p.name)
+                   and (p / MANIFEST).is_file()), reverse=True)
+
+
+def knowledge_bases(home: Path) -> list[str]:
+    """Names of the KBs under ``home`` that were ever published (a valid name and an ACTIVE file), sorted."""
+    if not Path(home).is_dir():
+        return []
+    return sorted(p.name for p in Path(home).iterdir() if re.fullmatch(KB_NAME_PATTERN, p.name) and (p / ACTIVE).is_file())
 
 
 def swap_active(kb_dir: Path, build_id: str) -> None:
-    """Point ACTIVE at ``build_id`` atomically (write a temp file, fsync, os.replace)."""
-    if not (kb_dir / "builds" / build_id / MANIFEST).is_file():
-        raise NotFoundError(f"build {build_id} does not exist under {kb_dir}")
-    tmp = kb_dir / f".{ACTIVE}.{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(build_id + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, kb_dir / ACTIVE)
+    """Point ACTIVE at ``build_id`` atomically and durably, holding the KB's writer lock.
+
+    Raises:
+        NotFoundError: no complete build ``build_id``.
+        KbBusyError: another writer holds the lock.
+    """
+    if not re.fullmatch(BUILD_ID_PATTERN, build_id) or not (kb_dir / "builds" / build_id / MANIFEST).is_file():
+        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no build {build_id[:80]!r}")
+    with writer_lock(kb_dir, "swap ACTIVE"):
+        write_text_atomic(kb_dir / ACTIVE, build_id + "\n")
 
 
 def write_build(
@@ -88,7 +129,9 @@ def write_build(
     keep: int = 3,
     build_id: str | None = None,
 ) -> str:
-    """Write a complete build, activate it, prune old builds, and return its id.
+    """Write a complete build, activate it, prune old builds, and return its id (holding the KB's writer lock).
+
+    Every file and the build folder are fsynced before the folder is renamed into place and ACTIVE moves.
 
     Args:
         kb_dir: The KB's directory (created if needed).
@@ -99,10 +142,23 @@ def write_build(
             ``row_prompts``, ``bm25``); the id, counts, vector backend and checksums are added here.
         keep: How many builds to keep after the swap (the active one always stays).
         build_id: Explicit id (tests); default a new timestamped id.
+
+    Raises:
+        KbBusyError: another writer holds the KB's lock.
     """
     if len(rows) != len(vectors) or len(rows) != len(bm25):
         raise ValueError(f"rows ({len(rows)}), vectors ({len(vectors)}) and bm25 ({len(bm25)}) disagree")
     build_id = build_id or new_build_id()
+    with writer_lock(kb_dir, "write a build", create=True):
+        _write_complete(kb_dir, build_id, entries, chunks, rows, vectors, bm25, report, manifest)
+        swap_active(kb_dir, build_id)
+        prune_builds(kb_dir, keep)
+    return build_id
+
+
+def _write_complete(kb_dir: Path, build_id: str, entries: list[FaqEntry], chunks: list[Chunk], rows: list[IndexRow],
+                    vectors: VectorIndex, bm25: BM25Index, report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Write the build into ``builds/.tmp-<id>``, fsync it, and rename it to ``builds/<id>`` (see ``write_build``)."""
     builds = kb_dir / "builds"
     builds.mkdir(parents=True, exist_ok=True)
     tmp = builds / f".tmp-{build_id}"
@@ -122,17 +178,19 @@ def write_build(
             checksums={}, vector_index=info, **manifest)
         full = dataclasses.replace(full, checksums={name: sha256_file(tmp / name) for name in full.data_files})
         (tmp / MANIFEST).write_text(json.dumps(full.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
+        fsync_tree(tmp)  # the data is on disk before any name points at it
         os.replace(tmp, builds / build_id)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    swap_active(kb_dir, build_id)
-    prune_builds(kb_dir, keep)
-    return build_id
+    fsync_path(builds)  # ... and so is the rename, before ACTIVE names the build
 
 
 def prune_builds(kb_dir: Path, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` builds (never the active one); return the deleted ids."""
+    """Delete all but the newest ``keep`` builds (never the active one); return the deleted ids.
+
+    Call holding the KB's writer lock (``write_build`` does).
+    """
     active = active_build_id(kb_dir)
     builds = sorted((p for p in (kb_dir / "builds").iterdir() if p.is_dir() and not p.name.startswith(".")),
                     key=lambda p: p.name, reverse=True)
@@ -200,6 +258,64 @@ def _load_part(loader: Callable[[], Any]) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
+def read_manifest(kb_dir: Path, build_id: str) -> IndexManifest:
+    """The parsed manifest of build ``build_id``.
+
+    Raises:
+        IndexCorruptError: the build has no readable, well-formed manifest (incomplete, deleted or damaged).
+    """
+    if not re.fullmatch(BUILD_ID_PATTERN, build_id):
+        raise IndexCorruptError(f"{build_id[:80]!r} is not a build id")
+    try:
+        raw = json.loads((kb_dir / "builds" / build_id / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(f"build {build_id} has no manifest (incomplete or deleted)") from exc
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"build {build_id}: its manifest is not valid JSON ({type(exc).__name__})") from exc
+    if not isinstance(raw, dict):
+        raise IndexCorruptError(f"build {build_id}: its manifest is not a JSON object")
+    try:
+        return IndexManifest.from_json(raw)
+    except IndexCorruptError as exc:
+        raise IndexCorruptError(f"build {build_id}: {exc}") from exc
+
+
+def _verified(path: Path, name: str, manifest: IndexManifest) -> Path:
+    """``path / name`` once its sha256 matches the manifest's."""
+    p = path / name
+    if not p.is_file():
+        raise IndexCorruptError(f"build {manifest.build_id}: {name} is missing")
+    if manifest.checksums.get(name) != sha256_file(p):
+        raise IndexCorruptError(f"build {manifest.build_id}: {name} fails its checksum (the file changed after the build)")
+    return p
+
+
+def _read_verified(path: Path, name: str, manifest: IndexManifest, parse: Callable[[dict[str, Any]], Any]) -> list[Any]:
+    """The records of a verified JSONL file of the build, parsed."""
+    try:
+        return [parse(d) for d in _read_jsonl(_verified(path, name, manifest))]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexCorruptError(f"build {manifest.build_id}: {name} is malformed ({type(exc).__name__})") from exc
+
+
+def load_entries(kb_dir: Path, build_id: str | None = None) -> list[FaqEntry]:
+    """The FAQ entries of a build (the active one by default), checksum-verified, without loading its indexes.
+
+    Raises:
+        NotFoundError: the KB has no active build. IndexCorruptError: see ``load_build``.
+    """
+    build_id = build_id or _active_or_not_found(kb_dir)
+    manifest = read_manifest(kb_dir, build_id)
+    return _read_verified(kb_dir / "builds" / build_id, "entries.jsonl", manifest, FaqEntry.from_json)
+
+
+def _active_or_not_found(kb_dir: Path) -> str:
+    build_id = active_build_id(kb_dir)
+    if build_id is None:
+        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build")
+    return build_id
+
+
 def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") -> Build:
     """Load a build (the active one by default), verifying every file's checksum.
 
@@ -208,41 +324,20 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") 
     the other one.
 
     Raises:
-        NotFoundError: no such KB or build.
-        IndexCorruptError: the manifest or the entry data is missing or fails its checksum.
+        NotFoundError: no such KB, or it has no active build.
+        IndexCorruptError: the ACTIVE pointer, the manifest or the entry data is missing, malformed or fails
+            its checksum.
     """
-    build_id = build_id or active_build_id(kb_dir)
-    if build_id is None:
-        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build under {kb_dir.parent}")
+    build_id = build_id or _active_or_not_found(kb_dir)
     path = kb_dir / "builds" / build_id
-    try:
-        raw = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise IndexCorruptError(f"build {build_id} has no manifest at {path}") from exc
-    except ValueError as exc:
-        raise IndexCorruptError(f"build {build_id} manifest is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise IndexCorruptError(f"build {build_id} manifest is not a JSON object")
-    manifest = IndexManifest.from_json(raw)
-    checksums = manifest.checksums
-
-    def verify(name: str) -> Path:
-        p = path / name
-        if not p.is_file():
-            raise IndexCorruptError(f"{p} is missing")
-        if checksums.get(name) != sha256_file(p):
-            raise IndexCorruptError(f"{p} fails its checksum (the file changed after the build)")
-        return p
-
-    try:
-        entries = [FaqEntry.from_json(d) for d in _read_jsonl(verify("entries.jsonl"))]
-        chunks = [Chunk.from_json(d) for d in _read_jsonl(verify("chunks.jsonl"))]
-        rows = [IndexRow.from_json(d) for d in _read_jsonl(verify("rows.jsonl"))]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IndexCorruptError(f"build {build_id} entry data is malformed: {exc}") from exc
+    manifest = read_manifest(kb_dir, build_id)
+    entries = _read_verified(path, "entries.jsonl", manifest, FaqEntry.from_json)
+    chunks = _read_verified(path, "chunks.jsonl", manifest, Chunk.from_json)
+    rows = _read_verified(path, "rows.jsonl", manifest, IndexRow.from_json)
     vi = manifest.vector_index
-    vectors, vector_error = _load_part(lambda: load_vector_index(vi.backend, verify(vi.file), device=device))
-    bm25, bm25_error = _load_part(lambda: BM25Index.load(verify(BM25_FILE)))
+    vectors, vector_error = _load_part(lambda: load_vector_index(vi.backend, _verified(path, vi.file, manifest),
+                                                                 device=device))
+    bm25, bm25_error = _load_part(lambda: BM25Index.load(_verified(path, BM25_FILE, manifest)))
     for name, idx in (("vector", vectors), ("bm25", bm25)):
         if idx is not None and len(idx) != len(rows):
             raise IndexCorruptError(f"build {build_id}: {name} index has {len(idx)} rows, rows.jsonl {len(rows)}")

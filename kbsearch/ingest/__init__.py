@@ -6,7 +6,7 @@ One module per step, in run order: ``parse`` (files of every format -> raw recor
 ``report`` (counts and reasons). ``run_ingest`` in ``pipeline`` runs them all and is the entry point.
 """
 
-from kbsearch.ingest.pipeline import IngestResult, run_ingest
+from kbsearch.ingest.pipeline import IngestResult, check_rejects, run_ingest
 from kbsearch.ingest.report import IngestReport
 
-__all__ = ["IngestReport", "IngestResult", "run_ingest"]
+__all__ = ["IngestReport", "IngestResult", "check_rejects", "run_ingest"]

@@ -5,7 +5,8 @@ Formats (by extension, case-insensitive):
 * ``.jsonl`` / ``.ndjson``: one JSON object per line; a bad line is rejected, the rest is read.
 * ``.json``: a list of objects, or ``{"entries": [...]}`` (a file of JSON lines is read as JSONL).
 * ``.csv`` / ``.tsv``: a header row, then one entry per row; ``variants`` and ``tags`` cells are
-  ``|``-separated (newlines also separate).
+  split at ``|``, ``；``, ``、`` and line breaks (``split_list``; a numbered list's ``1.``/``2、``
+  markers are dropped).
 * ``.xlsx``: the first sheet, header in row 1 (openpyxl; date cells are read as dates).
 * ``.md`` / ``.markdown``: ``# Section``, ``## Question``, then the answer up to the next ``#``/``##``
   heading (``###`` and deeper belong to the answer). An optional HTML comment right after the
@@ -13,9 +14,22 @@ Formats (by extension, case-insensitive):
   variants: 怎么退货|退货流程 -->`` (keys take the same aliases as columns).
 
 Column and key names are matched through ``FIELD_ALIASES`` (English and the usual Chinese names,
-case, spaces, ``_`` and ``-`` ignored). Unknown columns are ignored and noted once per file. In JSON,
-``meta`` is a free-form bag: its keys that name a field (``meta.subject`` -> section) fill fields the
-object lacks, the rest is ignored.
+case, spaces, ``_`` and ``-`` ignored; a trailing hint in brackets, as in MaxKB's ``分段内容（必填，问题答案）``,
+is ignored too). Unknown columns are ignored and noted once per file. In JSON, ``meta`` is a free-form
+bag: its keys that name a field (``meta.subject`` -> section) fill fields the object lacks, the rest is
+ignored. ``ParsedFile.fields`` says which fields a file has at all, so the pipeline can refuse an FAQ
+file without an answer column instead of guessing.
+
+The import templates of the usual peers are read as they are downloaded:
+
+* MaxKB's QA template (``分段标题（选填）, 分段内容（必填，…）, 问题（选填，单元格内一行一个）``, also the
+  English and traditional-Chinese ones): ``分段内容`` is the answer; the ``问题`` cell holds one question
+  per line, the first is the question and the others are variants; ``分段标题`` (``heading``) is the
+  question when ``问题`` is empty, otherwise one more variant. The template's own sample row
+  (``MaxKB产品介绍``) is skipped with a note.
+* FastGPT's ``q,a,indexes`` CSV: ``indexes`` are variants, and so are the cells right of it (FastGPT lets
+  indexes run on to the right, under empty headers or none).
+* Dify's annotation CSV (``question,answer`` / ``问题,答案``, with a BOM) needs nothing special.
 
 Text files are decoded as UTF-8 (BOM or not), UTF-16 with a BOM, or GB18030 (which covers GBK/GB2312,
 common in Chinese Excel exports). A UTF-8 file with a few damaged bytes stays UTF-8 and only the rows
@@ -54,12 +68,17 @@ SUPPORTED_EXTENSIONS: dict[str, str] = {
 #: Canonical field -> accepted column/key names (compared after ``alias_key``).
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("id", "faq_id", "faqid", "编号", "ID"),
-    "question": ("question", "q", "title", "standard_question", "问题", "标准问题", "标准问", "问"),
-    "answer": ("answer", "a", "reply", "response", "答案", "回答", "答", "标准答案"),
+    "question": ("question", "q", "title", "standard_question", "问题", "問題", "标准问题", "標準問題", "标准问", "问"),
+    # 分段内容 / 分段內容 / Section content: MaxKB's QA template (apps/knowledge/template/csv_template_*.csv)
+    "answer": ("answer", "a", "reply", "response", "答案", "回答", "答", "标准答案", "標準答案",
+               "分段内容", "分段內容", "section content"),
+    # indexes: FastGPT's q,a,indexes CSV (its knowledge-base "template import")
     "variants": (
-        "variants", "similar", "similar_questions", "paraphrases", "alternates",
-        "相似问题", "相似问法", "相似问", "扩展问", "扩展问题",
+        "variants", "similar", "similar_questions", "paraphrases", "alternates", "indexes",
+        "相似问题", "相似问法", "相似问", "扩展问", "扩展问题", "相似問題",
     ),
+    # MaxKB's 分段标题 (paragraph title): the question when the row has none, otherwise a variant
+    "heading": ("heading", "分段标题", "分段標題", "section title"),
     "section": ("section", "category", "subject", "topic", "group", "分类", "类别", "栏目", "章节"),
     "valid_until": (
         "valid_until", "valid_to", "expires", "expires_at", "expiry", "expiry_date", "expiration",
@@ -78,6 +97,15 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 #: Keys that are known but carry no field of their own (JSON ``meta`` is unpacked separately).
 _KNOWN_NON_FIELDS = frozenset({"meta"})
 
+#: A hint after a column name, in full- or half-width brackets, up to the end: ``问题（选填，单元格内一行一个）``.
+_HEADER_HINT = re.compile(r"\s*[（(\[【].*$", re.S)
+
+#: The sample row of MaxKB's downloadable QA template (its 分段标题 in each language): not content.
+MAXKB_SAMPLE_HEADINGS = frozenset({"MaxKB产品介绍", "MaxKB產品介紹", "MaxKB product introduction"})
+
+#: MaxKB's content column (the answer) in each language of its template: its 问题 cells list one per line.
+_MAXKB_CONTENT = frozenset({"分段内容", "分段內容", "sectioncontent"})
+
 #: Share of non-ASCII characters that may be damaged before a file stops counting as UTF-8.
 _UTF8_DAMAGE_TOLERANCE = 0.05
 
@@ -93,8 +121,17 @@ _ALIAS_TO_FIELD: dict[str, str] = {
 
 
 def canonical_field(name: str) -> str | None:
-    """Return the canonical field a column/key name stands for, or None when unknown."""
-    return _ALIAS_TO_FIELD.get(alias_key(str(name)))
+    """Return the canonical field a column/key name stands for, or None when unknown.
+
+    A trailing hint in brackets is ignored when the full name is not an alias itself:
+    ``分段内容（必填，问题答案）`` -> ``answer``, ``Question (optional, one per line in the cell)`` -> ``question``.
+    """
+    name = str(name)
+    found = _ALIAS_TO_FIELD.get(alias_key(name))
+    if found is None:
+        bare = _HEADER_HINT.sub("", name)
+        found = _ALIAS_TO_FIELD.get(alias_key(bare)) if bare else None
+    return found
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,9 @@ class ParsedFile:
         rejected: Rows that could not be parsed at all (invalid JSON line, damaged bytes, ...).
         notes: Remarks about the file (unknown columns, ignored text).
         error: Set when the file could not be read at all; then nothing else is.
+        columns: The column names (tables) or keys (JSON) as found, in first-seen order.
+        fields: The canonical fields those columns/keys stand for (Markdown: question, answer, section and
+            whatever its metadata comments name). An FAQ file without ``answer`` here has no answer column.
     """
 
     path: str
@@ -134,6 +174,8 @@ class ParsedFile:
     rejected: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
     error: Problem | None = None
+    columns: list[str] = field(default_factory=list)
+    fields: set[str] = field(default_factory=set)
 
 
 class _FileError(Exception):
@@ -250,14 +292,30 @@ def _reject_damaged(result: ParsedFile) -> None:
 
 # --- record building ------------------------------------------------------------------------------
 
-LIST_SEPARATORS = re.compile(r"[|\n]")
-"""How a list field (variants, tags) written as text is split: at ``|`` or line breaks."""
+LIST_SEPARATORS = re.compile(r"[|；、]")
+"""Within one line, a list field (variants, tags) written as text is split at ``|``, ``；`` or ``、``."""
+
+#: ``1.``, ``2、``, ``3)`` at the start of a line: the markers of a numbered list (FastGPT's indexes).
+_NUMBERED = re.compile(r"^\s*\d{1,3}\s*[.、．)）]\s*")
+
+
+def split_list(text: str) -> list[str]:
+    """Split a list written as text into its stripped, non-empty items.
+
+    Lines are items; within a line ``|``, ``；`` and ``、`` separate items. When every line of a multi-line
+    cell starts with a list number (``1. …``, ``2、…``) the numbers are dropped first, so that ``1、`` is not
+    read as a separator.
+    """
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and all(_NUMBERED.match(ln) for ln in lines):
+        lines = [_NUMBERED.sub("", ln, count=1) for ln in lines]
+    return [item.strip() for ln in lines for item in LIST_SEPARATORS.split(ln) if item.strip()]
 
 
 def _split_list(value: Any) -> Any:
-    """``a|b`` or multi-line cells -> list; lists pass through; other values are left to validation."""
+    """List text -> list (``split_list``); lists pass through; other values are left to validation."""
     if isinstance(value, str):
-        return LIST_SEPARATORS.split(value)
+        return split_list(value)
     return value
 
 
@@ -282,6 +340,14 @@ def _record_from_mapping(
     return RawRecord(file, line, fields)
 
 
+def _add_object(result: ParsedFile, obj: dict[str, Any], line: int, unknown: dict[str, None]) -> None:
+    """Add a JSON object's record, and its keys and fields to the file's columns and fields."""
+    record = _record_from_mapping(obj, result.path, line, unknown, unpack_meta=True)
+    result.records.append(record)
+    result.fields.update(record.fields)
+    result.columns.extend(str(k) for k in obj if str(k) not in result.columns)
+
+
 def _note_unknown(result: ParsedFile, unknown: dict[str, None], what: str) -> None:
     if unknown:
         result.notes.append(Problem(result.path, None, f"ignored unknown {what}: {', '.join(unknown)}"))
@@ -300,7 +366,7 @@ def _parse_jsonl(text: str, result: ParsedFile) -> None:
         if not isinstance(obj, dict):
             result.rejected.append(Problem(result.path, line_no, f"expected a JSON object, got {type(obj).__name__}"))
             continue
-        result.records.append(_record_from_mapping(obj, result.path, line_no, unknown, unpack_meta=True))
+        _add_object(result, obj, line_no, unknown)
     _note_unknown(result, unknown, "keys")
 
 
@@ -319,20 +385,41 @@ def _parse_json(text: str, result: ParsedFile) -> None:
     unknown: dict[str, None] = {}
     for item_no, obj in enumerate(doc, start=1):
         if isinstance(obj, dict):
-            result.records.append(_record_from_mapping(obj, result.path, item_no, unknown, unpack_meta=True))
+            _add_object(result, obj, item_no, unknown)
         else:
             result.rejected.append(Problem(result.path, item_no, f"expected a JSON object, got {type(obj).__name__}"))
     _note_unknown(result, unknown, "keys")
 
 
-def _header_map(header: list[Any], result: ParsedFile) -> dict[int, str]:
-    """Column index -> canonical field; notes unknown and repeated columns; needs a question column."""
+@dataclass(frozen=True)
+class _Layout:
+    """How the cells of a table's rows map to fields.
+
+    Attributes:
+        columns: Column index -> canonical field.
+        width: Cells in the header row.
+        tail: Index of FastGPT's ``indexes`` column when it is the last named one: it and every further
+            filled cell, under an empty header or past the header, are variants (FastGPT lets indexes run
+            on to the right). None otherwise, and then a row wider than the header is rejected.
+        question_lines: The question cell holds one question per line (MaxKB's QA template): the first is
+            the question, the others are variants.
+    """
+
+    columns: dict[int, str]
+    width: int
+    tail: int | None
+    question_lines: bool
+
+
+def _header_map(header: list[Any], result: ParsedFile) -> _Layout:
+    """Read the header row; notes unknown and repeated columns; needs a question column."""
     columns: dict[int, str] = {}
     unknown: dict[str, None] = {}
     for i, cell in enumerate(header):
         name = "" if cell is None else str(cell).strip()
         if not name:
             continue
+        result.columns.append(name)
         canon = canonical_field(name)
         if canon is None:
             unknown.setdefault(name, None)
@@ -345,43 +432,71 @@ def _header_map(header: list[Any], result: ParsedFile) -> dict[int, str]:
     if "question" not in columns.values():
         shown = ", ".join(str(c) for c in header if c not in (None, ""))
         raise _FileError(f"no question column in the header row ({shown or 'empty'})")
-    return columns
+    result.fields.update(columns.values())
+    # only FastGPT's own "indexes" column runs on: anywhere else a row wider than its header is a broken row
+    # (an unquoted separator would otherwise shift part of an answer into the variants)
+    last = max(i for i, cell in enumerate(header) if cell is not None and str(cell).strip())
+    tail = last if _bare_key(header[last]) == "indexes" else None
+    maxkb = "heading" in columns.values() or any(
+        _bare_key(header[i]) in _MAXKB_CONTENT for i, name in columns.items() if name == "answer"
+    )
+    return _Layout(columns, len(header), tail, maxkb)
 
 
-def _row_record(row: list[Any], columns: dict[int, str], width: int, result: ParsedFile, line: int) -> None:
+def _bare_key(name: Any) -> str:
+    """A column name folded for lookup without its hint: ``分段内容（必填）`` -> ``分段内容``."""
+    return alias_key(_HEADER_HINT.sub("", str(name)))
+
+
+def _is_blank(cell: Any) -> bool:
+    """An empty cell (None, or only whitespace)."""
+    return cell is None or (isinstance(cell, str) and not cell.strip())
+
+
+def _row_record(row: list[Any], layout: _Layout, result: ParsedFile, line: int) -> None:
     """Turn a table row into a record (blank rows are not records; over-wide rows are rejected)."""
-    if all(cell is None or (isinstance(cell, str) and not cell.strip()) for cell in row):
+    if all(_is_blank(cell) for cell in row):
         return
-    extra = [c for c in row[width:] if c not in (None, "")]
-    if extra:
+    width = layout.width
+    extra = [c for c in row[width:] if not _is_blank(c)]
+    if extra and layout.tail is None:
         result.rejected.append(Problem(
             result.path, line, f"{width + len(extra)} cells but the header has {width} (unquoted separator?)"
         ))
         return
-    fields = {name: row[i] if i < len(row) else None for i, name in columns.items()}
+    fields = {name: row[i] if i < len(row) else None for i, name in layout.columns.items()}
+    if layout.question_lines and str(fields.get("heading") or "").strip() in MAXKB_SAMPLE_HEADINGS:
+        result.notes.append(Problem(result.path, line, "skipped the sample row of MaxKB's template"))
+        return
     for name in ("variants", "tags"):
         if name in fields:
             fields[name] = _split_list(fields[name])
+    if layout.tail is not None:  # the variants cell and every filled cell right of it
+        fields["variants"] = [item for c in row[layout.tail:] if not _is_blank(c) for item in split_list(str(c))]
+    question = fields.get("question")
+    if layout.question_lines and isinstance(question, str):
+        first, *others = [ln.strip() for ln in question.splitlines() if ln.strip()] or [""]
+        fields["question"] = first
+        fields["variants"] = [*others, *(fields.get("variants") or [])]
     result.records.append(RawRecord(result.path, line, fields))
 
 
 def _parse_csv(text: str, result: ParsedFile, *, delimiter: str = ",") -> None:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     previous_end = 0
-    columns: dict[int, str] | None = None
-    width = 0
+    layout: _Layout | None = None
     try:
         for row in reader:
             start, previous_end = previous_end + 1, reader.line_num
-            if columns is None:
+            if layout is None:
                 if not row:
                     continue
-                columns, width = _header_map(row, result), len(row)
+                layout = _header_map(row, result)
                 continue
-            _row_record(row, columns, width, result, start)
+            _row_record(row, layout, result, start)
     except csv.Error as e:
         raise _FileError(f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} near line {reader.line_num}: {e}") from e
-    if columns is None:
+    if layout is None:
         raise _FileError("empty file (no header row)")
 
 
@@ -398,9 +513,9 @@ def _parse_xlsx(path: Path, result: ParsedFile) -> None:
         header = next(rows, None)
         if header is None:
             raise _FileError("empty first sheet (no header row)")
-        columns = _header_map(list(header), result)
+        layout = _header_map(list(header), result)
         for row_no, row in enumerate(rows, start=2):
-            _row_record([_xlsx_value(c) for c in row], columns, len(header), result, row_no)
+            _row_record([_xlsx_value(c) for c in row], layout, result, row_no)
     finally:
         book.close()
 
@@ -447,6 +562,7 @@ def _parse_markdown(text: str, result: ParsedFile) -> None:
         fields["question"] = question
         fields["answer"] = "\n".join(rest).strip()
         result.records.append(RawRecord(result.path, line_no, fields))
+        result.fields.update(fields)
 
     for line_no, line in enumerate(lines, start=1):
         if _MD_FENCE.match(line):

@@ -100,7 +100,8 @@ class IngestReport:
         rejected: Rows that were unusable, with file, line and reason.
         identical_repeats: Rows repeating an earlier row's id and content exactly (folded).
         loaded: Distinct valid entries after validation.
-        answers_from_question: Entries whose null answer was filled with the question.
+        answers_from_question: Entries whose empty answer was filled with the question (intent datasets,
+            ``answers_from_questions``).
         expired: Entries outside their validity window on the ingest day (not kept).
         merged: Clusters of near-duplicates folded into a canonical entry.
         conflicts: Near-duplicate questions kept apart because answer/section/validity differ.
@@ -185,7 +186,7 @@ class IngestReport:
             ("conflicts", f"{len(self.conflicts)} near-duplicate questions kept apart"),
             ("possible dups", f"{len(self.possible_duplicates)} similar questions not merged (key-term guard)"),
             ("flagged", f"{len(self.flagged)} kept entries with warnings"),
-            ("null answers", f"{self.answers_from_question} filled with the question"),
+            ("empty answers", f"{self.answers_from_question} filled with the question (answers from questions)"),
             ("kept", str(self.kept)),
             ("chunks", str(self.chunks)),
             ("seconds", "  ".join(f"{k} {v:.2f}" for k, v in self.stage_seconds.items())),

@@ -1,8 +1,9 @@
 """Turn raw records into ``FaqEntry`` values, rejecting bad rows with a reason each.
 
-A row is rejected for: an empty question; an empty answer (a *missing/null* answer is filled with the
-question when ``ingest.lenient_null_answer``, as intent datasets need); a date that does not
-parse (``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``YYYY年M月D日``, ISO datetimes; XLSX date cells);
+A row is rejected for: an empty question; an empty answer (with ``answers_from_questions``, the option for
+intent datasets, an empty or missing answer is the question instead); a date that does not
+parse (``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY.MM.DD``, ``YYYY年M月D日``, ISO datetimes; XLSX date cells;
+``valid_until`` may also say it has no end: 长期有效, 永久, ... see ``NO_END_DATE``);
 ``valid_from`` after ``valid_until``; a field of the wrong shape; or an id already used by an earlier row
 with different content (the later row is rejected and the message names the earlier one). A row that
 repeats an earlier row's id *and* content exactly is folded and counted as an identical repeat.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kbsearch.ingest.parse import LIST_SEPARATORS, RawRecord
+from kbsearch.ingest.parse import RawRecord, split_list
 from kbsearch.ingest.report import Problem
 from kbsearch.types import FaqEntry
 
@@ -30,6 +31,11 @@ _DATE = re.compile(
     r"^(\d{4})\s*(?:[-/.]\s*(\d{1,2})\s*[-/.]\s*(\d{1,2})|年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]?)"
     r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 )
+
+
+#: ``valid_until`` values that mean "no end date" (compared NFKC-folded, lowercased, without spaces).
+NO_END_DATE = frozenset({"长期有效", "长期", "永久", "永久有效", "无期限", "无限期", "長期有效", "長期", "無期限",
+                         "permanent", "never", "noexpiry"})
 
 
 class RowError(ValueError):
@@ -91,7 +97,7 @@ def _text_list(value: Any, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        value = LIST_SEPARATORS.split(value)
+        value = split_list(value)
     if not isinstance(value, list):
         raise RowError(f"{name} must be a list or '|'-separated text, got {type(value).__name__}")
     items = (_text(v, name) for v in value)
@@ -116,7 +122,7 @@ class Validated:
         entries: Distinct valid entries in input order.
         rejected: Rejected rows with reasons.
         identical_repeats: Rows folded because they repeat an earlier row's id and content.
-        answers_from_question: Entries whose missing answer was filled with the question.
+        answers_from_question: Entries whose empty answer was filled with the question.
     """
 
     entries: list[FaqEntry] = field(default_factory=list)
@@ -125,28 +131,45 @@ class Validated:
     answers_from_question: int = 0
 
 
-def to_entry(record: RawRecord, *, lenient_null_answer: bool) -> tuple[FaqEntry, bool]:
+def _no_end(value: Any) -> bool:
+    """Whether a ``valid_until`` value says the entry never expires (``长期有效``, ``永久``, ...)."""
+    return isinstance(value, str) and "".join(unicodedata.normalize("NFKC", value).lower().split()) in NO_END_DATE
+
+
+def to_entry(record: RawRecord, *, answers_from_questions: bool) -> tuple[FaqEntry, bool]:
     """Build the entry of one record.
 
+    A ``heading`` (MaxKB's 分段标题) is the question when the row has none, otherwise one more variant.
+
+    Args:
+        record: The parsed row.
+        answers_from_questions: An empty or missing answer is the question (intent datasets) instead of
+            a rejection.
+
     Returns:
-        ``(entry, answer_filled)``, where ``answer_filled`` says the null answer became the question.
+        ``(entry, answer_filled)``, where ``answer_filled`` says the empty answer became the question.
 
     Raises:
         RowError: With the reason the row is rejected.
     """
     f = record.fields
     question = _text(f.get("question"), "question")
+    heading = _text(f.get("heading"), "heading")
+    if not question:
+        question, heading = heading, ""
     if not question:
         raise RowError("empty question")
-    raw_answer = f.get("answer")
-    filled = raw_answer is None and lenient_null_answer
-    answer = question if filled else _text(raw_answer, "answer")
+    answer = _text(f.get("answer"), "answer")
+    filled = not answer and answers_from_questions
+    if filled:
+        answer = question
     if not answer:
-        raise RowError("empty answer" + (" (null; ingest.lenient_null_answer is off)" if raw_answer is None else ""))
+        raise RowError("empty answer")
     dates = {}
     for name in ("valid_from", "valid_until"):
+        value = f.get(name)
         try:
-            dates[name] = parse_date(f.get(name))
+            dates[name] = None if name == "valid_until" and _no_end(value) else parse_date(value)
         except RowError as e:
             raise RowError(f"{name}: {e}") from None
     if dates["valid_from"] and dates["valid_until"] and dates["valid_from"] > dates["valid_until"]:
@@ -155,7 +178,8 @@ def to_entry(record: RawRecord, *, lenient_null_answer: bool) -> tuple[FaqEntry,
         updated_at = _updated_at(f.get("updated_at"))
     except RowError as e:
         raise RowError(f"updated_at: {e}") from None
-    variants = tuple(v for v in _text_list(f.get("variants"), "variants") if v != question)
+    listed = _text_list(f.get("variants"), "variants") + ((heading,) if heading else ())
+    variants = tuple(v for v in dict.fromkeys(listed) if v != question)
     entry = FaqEntry(
         id=_text(f.get("id"), "id") or derived_id(question, answer),
         question=question,
@@ -172,13 +196,14 @@ def to_entry(record: RawRecord, *, lenient_null_answer: bool) -> tuple[FaqEntry,
 
 
 def validate(
-    records: Iterable[RawRecord], *, lenient_null_answer: bool, tick: Callable[[int], object] | None = None
+    records: Iterable[RawRecord], *, answers_from_questions: bool, tick: Callable[[int], object] | None = None
 ) -> Validated:
     """Validate records in order; ids are checked across every file of the run.
 
     Args:
         records: Parsed records, in input order.
-        lenient_null_answer: Fill a null/missing answer with the question instead of rejecting.
+        answers_from_questions: Fill an empty/missing answer with the question instead of rejecting
+            (intent datasets).
         tick: Called with 1 per record (progress bars).
 
     Returns:
@@ -190,7 +215,7 @@ def validate(
         if tick is not None:
             tick(1)
         try:
-            entry, filled = to_entry(record, lenient_null_answer=lenient_null_answer)
+            entry, filled = to_entry(record, answers_from_questions=answers_from_questions)
         except RowError as e:
             out.rejected.append(Problem(record.file, record.line, str(e)))
             continue

@@ -135,4 +135,4 @@ class BM25Index:
                 raise ValueError(f"unknown format {payload.get('format')!r}")
             return cls(payload["docs"], tokenizer=payload["tokenizer"], k1=payload["k1"], b=payload["b"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IndexCorruptError(f"BM25 index {path} is unreadable: {exc}") from exc
+            raise IndexCorruptError(f"BM25 index {path.name} is unreadable: {exc}") from exc

@@ -82,6 +82,7 @@ class QuestionRecord(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     stages_ms: Mapped[dict[str, float]] = mapped_column(JSON)
     unexpected: Mapped[str | None] = mapped_column(Text, nullable=True)
+    context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_questions_kb_ts", "kb", "ts"),)
 

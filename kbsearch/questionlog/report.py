@@ -28,7 +28,7 @@ MAX_ROWS = 200_000
 #: Columns of the question-log export, in order.
 EXPORT_COLUMNS = ("ts", "request_id", "kb", "question", "lang", "mode", "answered", "degraded", "reason", "causes",
                   "top_id", "top_score", "score_kind", "threshold", "index_version", "latency_ms", "helpful",
-                  "clicked_id", "comment", "results", "stages_ms")
+                  "clicked_id", "comment", "context", "results", "stages_ms")
 
 Status = Literal["all", "answered", "handed_off", "unhelpful"]
 Q, F = QuestionRecord, FeedbackRecord
@@ -179,7 +179,7 @@ def _row(q: QuestionRecord, helpful: bool | None, clicked: str | None, comment: 
             "top_id": q.top_id, "top_question": q.top_question, "top_score": q.top_score,
             "score_kind": q.score_kind, "threshold": q.threshold, "results": q.results,
             "index_version": q.index_version, "latency_ms": q.latency_ms, "stages_ms": q.stages_ms,
-            "helpful": helpful, "clicked_id": clicked, "comment": comment}
+            "context": q.context, "helpful": helpful, "clicked_id": clicked, "comment": comment}
 
 
 def questions(engine: Engine, window: Window, *, status: Status = "all", text: str | None = None, limit: int = 50,

@@ -66,8 +66,16 @@ def record_of(trace: Trace, settings: QuestionLogSettings) -> dict[str, Any]:
         "top_score": d.score if d is not None else None, "score_kind": d.score_kind if d is not None else None,
         "threshold": d.threshold if d is not None else None, "results": results,
         "index_version": trace.index_version, "latency_ms": total, "stages_ms": timings,
-        "unexpected": trace.unexpected,
+        "unexpected": trace.unexpected, "context": _context(trace.context, settings) or None,
     }
+
+
+def _context(context: dict[str, Any], settings: QuestionLogSettings) -> dict[str, Any]:
+    """The chatbot's context, its free-text metadata values redacted like the question."""
+    if not settings.redact or "metadata" not in context:
+        return context
+    meta = {k: redact(v) if isinstance(v, str) else v for k, v in context["metadata"].items()}
+    return {**context, "metadata": meta}
 
 
 class QuestionLog:

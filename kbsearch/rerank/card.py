@@ -15,6 +15,9 @@ CARD = "kbsearch_pair_model.json"
 
 
 def read_card(folder: Path) -> dict[str, Any] | None:
-    """The card of a model folder, or None when it has none."""
-    path = Path(folder) / CARD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The card of a model folder, or None when it has none or it is unreadable (a killed write: train again)."""
+    try:
+        card = json.loads((Path(folder) / CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None

@@ -14,14 +14,15 @@ and says why. The model itself is a ``CrossEncoderReranker`` like any other back
 
 from __future__ import annotations
 
-import json
+import re
 import threading
 from pathlib import Path
+from typing import Any
 
 from kbsearch.config import RerankDoc, RerankSettings
 from kbsearch.errors import BackendError, KbsearchError
 from kbsearch.rerank.base import RerankPlan, RerankState
-from kbsearch.rerank.card import CARD
+from kbsearch.rerank.card import read_card
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker
 
 RERANKERS = "rerankers"
@@ -37,14 +38,23 @@ KB_RERANKER_DOC: RerankDoc = "question"
 """What a KB reranker reads per candidate: the matched question or variant, as it trained."""
 
 
+def _self_check(path: Path) -> dict[str, Any] | None:
+    """The self-check on a model folder's card (``{}`` when it has none); None when the card is missing or unreadable."""
+    card = read_card(path)
+    if card is None:
+        return None
+    check = card.get("self_check")
+    return check if isinstance(check, dict) else {}
+
+
 def kb_reranker_weight(path: Path) -> float:
-    """The blend weight a KB reranker's self-check chose (1.0 for a card from before blending)."""
-    card = json.loads((Path(path) / CARD).read_text(encoding="utf-8"))
-    return float((card.get("self_check") or {}).get("weight", 1.0))
+    """The blend weight a KB reranker's self-check chose (1.0 for a card from before blending, or a bad value)."""
+    weight = (_self_check(path) or {}).get("weight", 1.0)
+    return float(weight) if isinstance(weight, (int, float)) and 0.0 <= weight <= 1.0 else 1.0
 
 
 def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | None, str]:
-    """The folder of ``kb_dir``'s reranker in use, or None and why there is none.
+    """The folder of ``kb_dir``'s reranker in use, or None and why there is none (never raises for bad files).
 
     ``force`` returns the trained model even when its self-check said not to use it (evaluation).
     """
@@ -56,14 +66,14 @@ def active_kb_reranker(kb_dir: Path, *, force: bool = False) -> tuple[Path | Non
             return None, (folder / SKIP).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None, "no KB reranker trained yet (kbsearch ingest trains one when the KB has variants)"
-    path = folder / key
-    card = path / CARD
-    if not card.is_file():
-        return None, f"KB reranker {path} is incomplete (no model card)"
-    check = json.loads(card.read_text(encoding="utf-8")).get("self_check") or {}
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", key):
+        return None, "KB reranker off: its ACTIVE pointer is not a model key"
+    check = _self_check(folder / key)
+    if check is None:
+        return None, f"KB reranker {key} is incomplete or damaged (no readable model card)"
     if not check.get("use", False) and not force:
         return None, f"KB reranker off: {check.get('reason', 'its self-check did not pass')}"
-    return path, "ok"
+    return folder / key, "ok"
 
 
 class _Models:
@@ -85,7 +95,7 @@ class _Models:
                     try:
                         model.load()
                     except KbsearchError as exc:  # a broken folder is this KB's backend failure, not bad input
-                        raise BackendError(f"KB reranker {path} failed to load: {exc}") from exc
+                        raise BackendError(f"KB reranker {path.name} failed to load: {exc}") from exc
                     self.loaded[path] = model
         return model
 
@@ -146,4 +156,5 @@ class KbRerankPlanner:
     def describe(self, kb_dir: Path) -> RerankState:
         """The KB's model folder and weight, or why the KB has no reranker."""
         path, why, weight = self._resolve(kb_dir)
-        return RerankState(True, str(path), weight, "ok") if path is not None else RerankState(False, "none", None, why)
+        return (RerankState(True, f"{RERANKERS}/{path.name}", weight, "ok") if path is not None
+                else RerankState(False, "none", None, why))

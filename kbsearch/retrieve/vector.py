@@ -7,7 +7,9 @@ path falls back to BM25. The worker's timings are recorded by the asking thread.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
@@ -41,6 +43,7 @@ class VectorSearch:
         self.embedder = embedder
         self.error: str | None = None  # why the embedder is not loaded, when it is not
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kbsearch-vector")
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
 
     def search(self, query: Query, build: Build, trace: Trace) -> tuple[list[Candidate], np.ndarray, int]:
         """Candidates by best row cosine, the question's vector, and the FAQs found before the validity filter.
@@ -74,28 +77,108 @@ class VectorSearch:
             times["vector"] = (time.perf_counter() - t) * 1000
             return q, scores, rows
 
+        self.breaker.check()
+        started = threading.Event()
+
+        def timed() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            started.set()
+            return run()
+
         t0 = time.perf_counter()
-        future = self._pool.submit(run)
+        future = self._pool.submit(timed)
         try:
+            # Queueing is not failure: waiting for a free worker has its own bound, and the timeout that sends
+            # the question to BM25 counts from when the backend starts working on it.
+            if not started.wait(self.settings.vector_queue_timeout_s):
+                future.cancel()
+                trace.record("embed", (time.perf_counter() - t0) * 1000, "timeout", FallbackCause.VECTOR_BUSY)
+                raise BackendError(f"every vector worker busy for {self.settings.vector_queue_timeout_s}s",
+                                   FallbackCause.VECTOR_BUSY)
             q, scores, rows = future.result(timeout=self.settings.vector_timeout_s)
         except FutureTimeout as exc:
             future.cancel()
             cause = FallbackCause.EMBED_TIMEOUT if phase[0] == "embed" else FallbackCause.VECTOR_TIMEOUT
             trace.record(phase[0], (time.perf_counter() - t0) * 1000, "timeout", cause)
+            self.breaker.failed()
             raise BackendError(f"timed out after {self.settings.vector_timeout_s}s", cause) from exc
+        except BackendError as exc:
+            if exc.cause is FallbackCause.VECTOR_BUSY:
+                self.breaker.failed()
+                raise
+            raise self._failed(exc, phase[0], t0, trace) from exc
         except KbsearchError as exc:  # the embedder's and the index's mapped errors
-            cause = FallbackCause.EMBED_ERROR if phase[0] == "embed" else FallbackCause.VECTOR_ERROR
-            trace.record(phase[0], (time.perf_counter() - t0) * 1000, "error", cause, detail=str(exc))
-            raise BackendError(str(exc), cause) from exc
+            raise self._failed(exc, phase[0], t0, trace) from exc
+        self.breaker.succeeded()
         if query.vector is None:
             trace.record("embed", times["embed"])
         cands, found = candidates_of(rows[0], scores[0], build, query, "vector")
         trace.record("vector", times["vector"], candidates=len(cands))
         return cands, q[0], found
 
+    def _failed(self, exc: KbsearchError, phase: str, t0: float, trace: Trace) -> BackendError:
+        cause = FallbackCause.EMBED_ERROR if phase == "embed" else FallbackCause.VECTOR_ERROR
+        trace.record(phase, (time.perf_counter() - t0) * 1000, "error", cause, detail=str(exc))
+        self.breaker.failed()
+        return BackendError(str(exc), cause)
+
     def close(self) -> None:
         """Release the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CircuitBreaker:
+    """Stops sending questions to a backend that keeps failing, and probes it to recover.
+
+    After ``threshold`` failures in a row the circuit opens: for ``cooldown_s`` every call is refused at once
+    (cause ``circuit-open``: the question goes straight to BM25 instead of waiting out another timeout).
+    Then one call at a time is let through as a probe; a success closes the circuit, a failure opens it again.
+
+    Args:
+        threshold: Consecutive failures that open the circuit (0 = never open).
+        cooldown_s: How long it stays open before a probe.
+        clock: Monotonic seconds (tests inject one).
+    """
+
+    def __init__(self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.cooldown_s, self.clock = threshold, cooldown_s, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open`` (probing)."""
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+
+    def check(self) -> None:
+        """Let a call through, or refuse it while the circuit is open (and while a probe is out).
+
+        Raises:
+            BackendError: cause ``circuit-open``.
+        """
+        with self._lock:
+            if self.opened_at is None:
+                return
+            if self.clock() - self.opened_at >= self.cooldown_s and not self._probing:
+                self._probing = True  # this call is the probe
+                return
+        raise BackendError(f"vector path off after {self.failures} failures in a row; probing every "
+                           f"{self.cooldown_s:g}s", FallbackCause.CIRCUIT_OPEN)
+
+    def succeeded(self) -> None:
+        """A call worked: close the circuit."""
+        with self._lock:
+            self.failures, self.opened_at, self._probing = 0, None, False
+
+    def failed(self) -> None:
+        """A call failed: count it; open (or re-open) the circuit at the threshold or when a probe fails."""
+        with self._lock:
+            self.failures += 1
+            if self.threshold and (self._probing or self.failures >= self.threshold):
+                self.opened_at, self._probing = self.clock(), False
 
 
 def bm25_of(question: str, faqs: list[str], bm25: BM25Index | None, faq_rows: dict[str, list[int]],

@@ -38,7 +38,8 @@ from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError, NotFoundError
 from kbsearch.index.builder import BuildResult
 from kbsearch.index.incremental import BuildChanges, apply_changes, publish_changes
-from kbsearch.index.store import active_build_id
+from kbsearch.index.lock import kb_writer
+from kbsearch.index.store import load_entries
 from kbsearch.ingest.chunk import chunk_entries
 from kbsearch.questionlog.db import DecisionRecord, utcnow
 from kbsearch.types import Chunk, FaqEntry
@@ -266,9 +267,13 @@ class ReviewDesk:
     def publish(self, kb: str, embedder: Embedder) -> PublishResult:
         """Apply the pending decisions (and remove the undone ones) as a new build of ``kb``, swapped in atomically.
 
-        Only the new rows are embedded. Returns ``build_id=None`` when nothing is pending.
+        Only the new rows are embedded. Returns ``build_id=None`` when nothing is pending. Holds the KB's
+        writer lock throughout, so an ingest or another publish never interleaves with it.
+
+        Raises:
+            KbBusyError: another writer held the KB's lock for the whole wait.
         """
-        with self._publish_lock:
+        with self._publish_lock, kb_writer(self.settings, kb, "review publish"):
             entries = self._entries(kb)
             with Session(self.engine) as conn:
                 todo = conn.execute(select(D).where(D.kb == kb, D.action != "out_of_scope", (
@@ -378,17 +383,12 @@ class ReviewDesk:
 
 
 def active_entries(kb_dir: Path) -> dict[str, FaqEntry]:
-    """The active build's entries, read from its entries file (the indexes are not loaded).
+    """The active build's entries, read from its checksummed entries file (the indexes are not loaded).
 
     Raises:
-        NotFoundError: the KB has no active build.
+        NotFoundError: the KB has no active build. IndexCorruptError: its entries are unreadable.
     """
-    build_id = active_build_id(kb_dir)
-    if build_id is None:
-        raise NotFoundError(f"unknown knowledge base {kb_dir.name!r}")
-    with open(kb_dir / "builds" / build_id / "entries.jsonl", encoding="utf-8") as fh:
-        entries = [FaqEntry.from_json(json.loads(line)) for line in fh if line.strip()]
-    return {e.id: e for e in entries}
+    return {e.id: e for e in load_entries(kb_dir)}
 
 
 QUESTION_KEYS = ("question", "问题", "用户问题", "query", "text")

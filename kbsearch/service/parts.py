@@ -1,5 +1,9 @@
 """The query engine's parts and their life: built from the settings, loaded once at startup, reported by
 ``/readyz``, closed at shutdown. ``query.QueryEngine`` adds the question path on top.
+
+A server's ``load()`` loads every KB under ``home`` that was ever published, so readiness covers them all
+(not only ``default_kb``, and not only after a first question). ``status()`` never raises and names no
+file-system path: it is what ``/readyz`` and the build metrics show.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from kbsearch.config import Settings
 from kbsearch.decide import Thresholds
 from kbsearch.decide.human import HumanRequestMatcher
 from kbsearch.embed.base import Embedder
-from kbsearch.errors import IndexCorruptError, NotFoundError
+from kbsearch.errors import BadInputError, IndexCorruptError, NotFoundError, without_paths
+from kbsearch.index.store import Build, knowledge_bases
 from kbsearch.rerank.base import RerankPlanner
 from kbsearch.retrieve import Bm25Search, Bm25Stage, VectorSearch, make_first_stage
 from kbsearch.service.builds import BuildCache
@@ -48,10 +53,10 @@ class EngineParts:
         self.loaded = False
 
     def load(self, kb: str | None = None) -> None:
-        """Load the models and the active build of ``kb`` (default ``default_kb``); idempotent.
+        """Load the models and the build serving ``kb``, or (None, a server) of every KB under ``home``; idempotent.
 
-        A model that fails to load is recorded, not raised: the service then runs degraded, and
-        ``status()`` says why. Other KBs load on their first question.
+        A model or a KB that fails to load is recorded, not raised: the service then runs degraded, and
+        ``status()`` says why. KBs published later load on their first question.
         """
         if self.loaded:
             return
@@ -68,31 +73,65 @@ class EngineParts:
                     self.reranker_error = error
             self.load_seconds[name] = time.perf_counter() - t
         self.builds.embedder_ready = self.vector.error is None
-        kb = kb or self.settings.default_kb
-        try:
-            self.builds.get(kb)
-        except NotFoundError:
-            log.warning("knowledge base %r has no build yet; run `kbsearch ingest`", kb)
-        except IndexCorruptError as exc:
-            log.error("knowledge base %r is corrupt: %s", kb, exc)
+        for name in [kb] if kb else knowledge_bases(self.settings.home) or [self.settings.default_kb]:
+            try:
+                self.builds.get(name)
+            except NotFoundError:
+                log.warning("knowledge base %r has no build yet; run `kbsearch ingest`", name)
+            except (IndexCorruptError, BadInputError) as exc:
+                log.error("knowledge base %r cannot be served: %s", name, exc)
         self.loaded = True
 
+    def active_build(self, kb: str) -> Build:
+        """``kb``'s active build, for commands that must not work on another one (``ask``, ``calibrate``, ``eval``).
+
+        Raises:
+            NotFoundError: no such KB.
+            IndexCorruptError: the active build does not load (a server would serve an earlier build; a command
+                exits 3 instead).
+        """
+        build = self.builds.get(kb)
+        problem = self.builds.problems().get(kb)
+        if problem is not None:
+            raise IndexCorruptError(problem)
+        return build
+
     def status(self) -> dict[str, object]:
-        """Readiness: models and builds loaded, with reasons for anything that is not."""
-        kbs: dict[str, dict[str, object]] = {}
-        for name, b in self.builds.loaded().items():
-            kbs[name] = {"build": b.build_id, "model": b.manifest.model_id, "entries": len(b.entries),
-                         "rows": len(b.rows), "vector": b.vector_error or "ok", "bm25": b.bm25_error or "ok",
-                         "reranker_state": self.planner.model_id}
+        """Readiness: models and builds loaded, with reasons for anything that is not (no paths; never raises).
+
+        Each KB served shows its build and ``fallback`` (None, or why it is not served from the build ACTIVE
+        names); a KB with no build that loads shows ``error``. Ready when the models loaded and every KB found
+        is served with its vector index.
+        """
+        kbs = {name: self._kb_status(name, b) for name, b in self.builds.loaded().items()}
+        for name, why in self.builds.problems().items():
+            if name in kbs:
+                kbs[name]["fallback"] = why
+            else:
+                kbs[name] = {"build": None, "error": why}
+        status = {"loaded": self.loaded, "embedder": self.vector.error or "ok",
+                  "reranker": self.reranker_error or ("ok" if self.planner.enabled else "none"), "kbs": kbs,
+                  "load_seconds": {k: round(v, 3) for k, v in self.load_seconds.items()},
+                  "ready": self.loaded and self.vector.error is None and bool(kbs)
+                  and all(v.get("vector") == "ok" for v in kbs.values())}
+        return without_paths(status)
+
+    def _kb_status(self, name: str, b: Build) -> dict[str, object]:
+        """One served KB's line in ``status()``."""
+        out: dict[str, object] = {
+            "build": b.build_id, "model": b.manifest.model_id, "entries": len(b.entries), "rows": len(b.rows),
+            "vector": b.vector_error or "ok", "bm25": b.bm25_error or "ok", "fallback": None,
+            "reranker_state": self.planner.model_id}
+        try:
             state = self.planner.describe(self.builds.kb_dir(name))
-            if state is not None:
-                kbs[name]["reranker"] = str(state)
-                kbs[name]["reranker_state"] = f"{self.planner.model_id} on, weight {state.weight}" if state.on else f"{self.planner.model_id} off"
-        return {"loaded": self.loaded, "embedder": self.vector.error or "ok",
-                "reranker": self.reranker_error or ("ok" if self.planner.enabled else "none"), "kbs": kbs,
-                "load_seconds": {k: round(v, 3) for k, v in self.load_seconds.items()},
-                "ready": self.loaded and self.vector.error is None and bool(kbs)
-                and all(v["vector"] == "ok" for v in kbs.values())}
+        except Exception as exc:  # readiness must answer whatever a reranker folder holds; the bug is logged
+            log.exception("describing the reranker of %r failed", name)
+            out["reranker"] = out["reranker_state"] = f"unreadable ({type(exc).__name__})"
+            return out
+        if state is not None:
+            out["reranker"] = str(state)
+            out["reranker_state"] = f"{self.planner.model_id} on, weight {state.weight}" if state.on else f"{self.planner.model_id} off"
+        return out
 
     def close(self) -> None:
         """Release the worker threads."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,8 @@ class QueryEngine(EngineParts):
     ``kbsearch.service.parts.EngineParts``, which takes the same arguments)."""
 
     def ask(self, question: str, kb: str | None = None, top_k: int | None = None, *, explain: bool = False,
-            query_vector: np.ndarray | None = None, request_id: str | None = None, observe: bool = True) -> Answer:
+            query_vector: np.ndarray | None = None, request_id: str | None = None, observe: bool = True,
+            context: dict[str, Any] | None = None) -> Answer:
         """Answer one question from ``kb`` (default ``default_kb``) with ``top_k`` results (default ``decide.top_k``).
 
         Args:
@@ -52,6 +54,7 @@ class QueryEngine(EngineParts):
             request_id: The caller's id for this question (default: a fresh one).
             observe: Pass the trace to the observers (metrics, logs, the question log); False for an
                 operator's hit test, which must not count as traffic.
+            context: The chatbot's context (session, user, channel, metadata), recorded with the question.
 
         Raises:
             NotFoundError: the KB does not exist (the API maps this to 404). BadInputError: an invalid KB name.
@@ -59,7 +62,7 @@ class QueryEngine(EngineParts):
         """
         kb = kb or self.settings.default_kb
         trace = Trace(kb=kb, question=question, first_stage=self.settings.retrieve.first_stage, explain=explain,
-                      **({"request_id": request_id} if request_id else {}))
+                      context=dict(context or {}), **({"request_id": request_id} if request_id else {}))
         try:
             answer = self._ask(question, kb, top_k or self.settings.decide.top_k, trace, query_vector, explain)
         except (NotFoundError, BadInputError):

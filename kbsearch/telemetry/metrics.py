@@ -17,8 +17,12 @@ prometheus-client's multiprocess mode is not used.
   ``kbsearch_top1_low_total{kb, kind}``: questions whose top-1 score fell below the kind's low line.
 - ``kbsearch_questionlog_written_total``, ``kbsearch_questionlog_dropped_total{reason}`` (``queue-full``,
   ``db-error``, ``error``) and ``kbsearch_questionlog_queued``: the question log, read at scrape time.
+- ``kbsearch_questions_in_flight``, ``kbsearch_questions_waiting`` and ``kbsearch_questions_refused_total{reason}``
+  (``queue-full``, ``queue-timeout``): overload control, read at scrape time.
 - ``kbsearch_build_info{kb, index_version, model, reranker}`` (1), ``kbsearch_index_rows{kb}``, ``kbsearch_ready``
-  and ``kbsearch_model_load_seconds{component}``: read from the engine at scrape time.
+  and ``kbsearch_model_load_seconds{component}``: read from the engine at scrape time;
+  ``kbsearch_build_fallback{kb}``: 1 when a KB is not served from the build its ACTIVE pointer names (that build
+  does not load, or the pointer is bad: an earlier build serves) or has no build that loads, else 0.
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ class Metrics:
         """Also export the question log's written, dropped (by reason) and queued records at each scrape."""
         self.registry.register(_QuestionLogCollector(stats))
 
+    def watch_admission(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Also export the questions in flight, waiting, and refused with 429 (by reason) at each scrape."""
+        self.registry.register(_AdmissionCollector(stats))
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
@@ -121,11 +129,16 @@ class _StatusCollector(Collector):
         info = GaugeMetricFamily("kbsearch_build_info", "The build serving each KB (value 1).",
                                  labels=["kb", "index_version", "model", "reranker"])
         rows = GaugeMetricFamily("kbsearch_index_rows", "Index rows of the build serving each KB.", labels=["kb"])
+        fallback = GaugeMetricFamily("kbsearch_build_fallback", "1 when a KB is not served from the build ACTIVE names.",
+                                     labels=["kb"])
         for kb, k in s.get("kbs", {}).items():
-            info.add_metric([kb, k["build"], k.get("model", ""), k.get("reranker_state", "")], 1)
-            rows.add_metric([kb], k.get("rows", 0))
+            fallback.add_metric([kb], 1 if k.get("fallback") or k.get("error") else 0)
+            if k.get("build"):
+                info.add_metric([kb, k["build"], k.get("model", ""), k.get("reranker_state", "")], 1)
+                rows.add_metric([kb], k.get("rows", 0))
         yield info
         yield rows
+        yield fallback
         yield GaugeMetricFamily("kbsearch_ready", "1 when /readyz says ready.", value=1 if s.get("ready") else 0)
         load = GaugeMetricFamily("kbsearch_model_load_seconds", "Seconds each model took to load.", labels=["component"])
         for name, seconds in s.get("load_seconds", {}).items():
@@ -149,3 +162,20 @@ class _QuestionLogCollector(Collector):
             dropped.add_metric([reason], s["dropped"].get(reason, 0))
         yield dropped
         yield GaugeMetricFamily("kbsearch_questionlog_queued", "Question-log records waiting to be written.", value=s["queued"])
+
+
+class _AdmissionCollector(Collector):
+    """Overload control: questions in flight, waiting, and refused, read when Prometheus scrapes."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        s = self.stats()
+        yield GaugeMetricFamily("kbsearch_questions_in_flight", "Questions being answered.", value=s["in_flight"])
+        yield GaugeMetricFamily("kbsearch_questions_waiting", "Questions waiting for a slot.", value=s["waiting"])
+        refused = CounterMetricFamily("kbsearch_questions_refused", "Questions answered 429 (queue full, or waited too long).",
+                                      labels=["reason"])
+        for reason, n in s["refused"].items():
+            refused.add_metric([reason], n)
+        yield refused

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kbsearch.codes import FallbackCause, HandoffReason
 
@@ -97,6 +97,7 @@ class Trace:
         unexpected: ``ExceptionType: message`` of a bug that ended in the canned hand-off.
         index_version: The build that served the question.
         results: The results returned (set when finished; the question log stores the top ones).
+        context: The chatbot's context fields (session_id, user_id, channel, metadata), for the question log.
     """
 
     request_id: str = field(default_factory=new_request_id)
@@ -117,6 +118,7 @@ class Trace:
     index_version: str = ""
     total_ms: float | None = None
     results: tuple[Hit, ...] = ()
+    context: dict[str, Any] = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     def span(self, name: str) -> _Open:
