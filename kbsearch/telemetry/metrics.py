@@ -103,79 +103,72 @@ class Metrics:
 
     def watch(self, status: Callable[[], dict[str, Any]]) -> None:
         """Also export the build info, readiness and model load times from ``status()`` at each scrape."""
-        self.registry.register(_StatusCollector(status))
+        self.registry.register(_Scraped(status, _status_families))
 
     def watch_questionlog(self, stats: Callable[[], dict[str, Any]]) -> None:
         """Also export the question log's written, dropped (by reason) and queued records at each scrape."""
-        self.registry.register(_QuestionLogCollector(stats))
+        self.registry.register(_Scraped(stats, _questionlog_families))
 
     def watch_admission(self, stats: Callable[[], dict[str, Any]]) -> None:
         """Also export the questions in flight, waiting, and refused with 429 (by reason) at each scrape."""
-        self.registry.register(_AdmissionCollector(stats))
+        self.registry.register(_Scraped(stats, _admission_families))
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
 
 
-class _StatusCollector(Collector):
-    """Gauges read from the engine's status when Prometheus scrapes."""
+class _Scraped(Collector):
+    """Metric families built when Prometheus scrapes, from a component's current stats."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
-        self.status = status
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        s = self.status()
-        info = GaugeMetricFamily("kbsearch_build_info", "The build serving each KB (value 1).",
-                                 labels=["kb", "index_version", "model", "reranker"])
-        rows = GaugeMetricFamily("kbsearch_index_rows", "Index rows of the build serving each KB.", labels=["kb"])
-        fallback = GaugeMetricFamily("kbsearch_build_fallback", "1 when a KB is not served from the build ACTIVE names.",
-                                     labels=["kb"])
-        for kb, k in s.get("kbs", {}).items():
-            fallback.add_metric([kb], 1 if k.get("fallback") or k.get("error") else 0)
-            if k.get("build"):
-                info.add_metric([kb, k["build"], k.get("model", ""), k.get("reranker_state", "")], 1)
-                rows.add_metric([kb], k.get("rows", 0))
-        yield info
-        yield rows
-        yield fallback
-        yield GaugeMetricFamily("kbsearch_ready", "1 when /readyz says ready.", value=1 if s.get("ready") else 0)
-        load = GaugeMetricFamily("kbsearch_model_load_seconds", "Seconds each model took to load.", labels=["component"])
-        for name, seconds in s.get("load_seconds", {}).items():
-            load.add_metric([name], seconds)
-        yield load
-
-
-class _QuestionLogCollector(Collector):
-    """The question log's counters, read when Prometheus scrapes."""
-
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
-        self.stats = stats
+    def __init__(self, stats: Callable[[], dict[str, Any]], families: Callable[[dict[str, Any]], Iterator[Any]]) -> None:
+        self.stats, self.families = stats, families
 
     def collect(self) -> Iterator[Any]:
-        s = self.stats()
-        yield CounterMetricFamily("kbsearch_questionlog_written", "Question-log records written.", value=s["written"])
-        dropped = CounterMetricFamily("kbsearch_questionlog_dropped",
-                                      "Question-log records dropped (queue-full, db-error, error); the questions were answered.",
-                                      labels=["reason"])
-        for reason in ("queue-full", "db-error", "error"):
-            dropped.add_metric([reason], s["dropped"].get(reason, 0))
-        yield dropped
-        yield GaugeMetricFamily("kbsearch_questionlog_queued", "Question-log records waiting to be written.", value=s["queued"])
+        yield from self.families(self.stats())
 
 
-class _AdmissionCollector(Collector):
-    """Overload control: questions in flight, waiting, and refused, read when Prometheus scrapes."""
+def _status_families(s: dict[str, Any]) -> Iterator[Any]:
+    """The engine's status: build info, rows, fallback builds, readiness, model load times."""
+    info = GaugeMetricFamily("kbsearch_build_info", "The build serving each KB (value 1).",
+                             labels=["kb", "index_version", "model", "reranker"])
+    rows = GaugeMetricFamily("kbsearch_index_rows", "Index rows of the build serving each KB.", labels=["kb"])
+    fallback = GaugeMetricFamily("kbsearch_build_fallback", "1 when a KB is not served from the build ACTIVE names.",
+                                 labels=["kb"])
+    for kb, k in s.get("kbs", {}).items():
+        fallback.add_metric([kb], 1 if k.get("fallback") or k.get("error") else 0)
+        if k.get("build"):
+            info.add_metric([kb, k["build"], k.get("model", ""), k.get("reranker_state", "")], 1)
+            rows.add_metric([kb], k.get("rows", 0))
+    yield info
+    yield rows
+    yield fallback
+    yield GaugeMetricFamily("kbsearch_ready", "1 when /readyz says ready.", value=1 if s.get("ready") else 0)
+    load = GaugeMetricFamily("kbsearch_model_load_seconds", "Seconds each model took to load.", labels=["component"])
+    for name, seconds in s.get("load_seconds", {}).items():
+        load.add_metric([name], seconds)
+    yield load
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
-        self.stats = stats
 
-    def collect(self) -> Iterator[Any]:
-        s = self.stats()
-        yield GaugeMetricFamily("kbsearch_questions_in_flight", "Questions being answered.", value=s["in_flight"])
-        yield GaugeMetricFamily("kbsearch_questions_waiting", "Questions waiting for a slot.", value=s["waiting"])
-        refused = CounterMetricFamily("kbsearch_questions_refused", "Questions answered 429 (queue full, or waited too long).",
-                                      labels=["reason"])
-        for reason, n in s["refused"].items():
-            refused.add_metric([reason], n)
-        yield refused
+def _labelled_counter(name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in counts.items():
+        family.add_metric([value], n)
+    return family
+
+
+def _questionlog_families(s: dict[str, Any]) -> Iterator[Any]:
+    """The question log: records written, dropped by reason, queued."""
+    yield CounterMetricFamily("kbsearch_questionlog_written", "Question-log records written.", value=s["written"])
+    yield _labelled_counter("kbsearch_questionlog_dropped", "Question-log records dropped (queue-full, db-error, error); "
+                            "the questions were answered.", "reason",
+                            {r: s["dropped"].get(r, 0) for r in ("queue-full", "db-error", "error")})
+    yield GaugeMetricFamily("kbsearch_questionlog_queued", "Question-log records waiting to be written.", value=s["queued"])
+
+
+def _admission_families(s: dict[str, Any]) -> Iterator[Any]:
+    """Overload control: questions in flight, waiting, and refused by reason."""
+    yield GaugeMetricFamily("kbsearch_questions_in_flight", "Questions being answered.", value=s["in_flight"])
+    yield GaugeMetricFamily("kbsearch_questions_waiting", "Questions waiting for a slot.", value=s["waiting"])
+    yield _labelled_counter("kbsearch_questions_refused", "Questions answered 429 (queue full, or waited too long).",
+                            "reason", s["refused"])
