@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,28 +46,37 @@ CLI = [sys.executable, "-m", "kbsearch.cli"]
 def running_server(env: dict[str, str], expect_ready: bool = True):
     """Start `kbsearch serve` on a free loopback port; yield its base URL once it answers /readyz."""
     port = free_port()
-    proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
-                    if r.status == 200:
+    # Its output goes to a file, not a pipe: nobody reads a pipe while the server runs, and once 64 KiB of
+    # access log fill it, the server blocks on its next log line and stops answering.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as log:
+        proc = subprocess.Popen(CLI + ["serve", "--port", str(port)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except urllib.error.HTTPError as e:
+                    if e.code == 503 and not expect_ready:
                         break
-            except urllib.error.HTTPError as e:
-                if e.code == 503 and not expect_ready:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        else:
-            pytest.fail("server never answered /readyz")
-        yield base
-    finally:
-        stop(proc)
+                except (urllib.error.URLError, ConnectionError):
+                    pass
+                assert proc.poll() is None, _tail(log)
+                time.sleep(0.5)
+            else:
+                pytest.fail("server never answered /readyz")
+            yield base
+        finally:
+            stop(proc)
+
+
+def _tail(log, chars: int = 20_000) -> str:
+    """The last ``chars`` characters a server wrote to its log file."""
+    log.seek(0)
+    return log.read()[-chars:]
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
