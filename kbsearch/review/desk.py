@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -230,7 +230,8 @@ class ReviewDesk:
 
     def pending(self, kb: str) -> int:
         """How many decisions the next publish would apply or remove."""
-        return sum(1 for d in self.list(kb, limit=1_000_000) if d.state in ("pending", "undoing") and d.action != "out_of_scope")
+        with Session(self.engine) as conn:
+            return conn.execute(select(func.count()).select_from(D).where(*_to_publish(kb))).scalar_one()
 
     def decided_request_ids(self, kb: str) -> set[str]:
         """Request ids of logged questions with a live decision (they leave the knowledge gaps)."""
@@ -276,9 +277,7 @@ class ReviewDesk:
         with self._publish_lock, kb_writer(self.settings, kb, "review publish"):
             entries = self._entries(kb)
             with Session(self.engine) as conn:
-                todo = conn.execute(select(D).where(D.kb == kb, D.action != "out_of_scope", (
-                    (D.undone_at.is_(None) & D.build_id.is_(None)) | (D.undone_at.is_not(None) & D.build_id.is_not(None))))
-                ).scalars().all()
+                todo = conn.execute(select(D).where(*_to_publish(kb))).scalars().all()
             add = [r for r in todo if r.undone_at is None]
             remove = [r for r in todo if r.undone_at is not None]
             if not todo:
@@ -380,6 +379,12 @@ class ReviewDesk:
             for start in range(0, len(questions), MAX_QUESTIONS):
                 decisions += self.decide(kb, "attach", questions[start:start + MAX_QUESTIONS], actor=actor, faq_id=faq_id)
         return ImportResult(decisions=decisions, rejected=rejected)
+
+
+def _to_publish(kb: str) -> tuple[Any, ...]:
+    """The decisions of ``kb`` the next publish applies (pending) or takes out (undone after publishing)."""
+    return (D.kb == kb, D.action != "out_of_scope",
+            (D.undone_at.is_(None) & D.build_id.is_(None)) | (D.undone_at.is_not(None) & D.build_id.is_not(None)))
 
 
 def active_entries(kb_dir: Path) -> dict[str, FaqEntry]:
