@@ -3,7 +3,9 @@
 Capacity is ``api.max_in_flight + api.max_queue`` questions at once. For each load level, that many
 clients (threads, one request at a time each) ask for ``--seconds`` while a prober reads ``/healthz``
 every 50 ms. Printed: responses by status (only 200 and 429 are expected), p50/p99 of the 200s, the
-``/healthz`` p50/p99/max, and how many answers were degraded. Figures, not a pass/fail test.
+``/healthz`` p50/p99/max, and how many answers were degraded (``other`` counts failed requests too).
+Figures, not a pass/fail test: ``tests/test_load.py`` is the bounded check, with the same driver
+(``tests/loadgen.py``).
 
     .venv/bin/python bench/overload.py                  # ingests the sample KB into a temp home
     .venv/bin/python bench/overload.py --home indexes   # an ingested home (copied first)
@@ -12,78 +14,30 @@ every 50 ms. Printed: responses by status (only 200 and 429 are expected), p50/p
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import platform
-import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the load driver, shared with tests/test_load.py
+
+from loadgen import drive, percentile
+
 CLI = [sys.executable, "-m", "kbsearch.cli"]
-QUESTIONS = ["云杉钱包里的余额怎么提现到我的银行卡？", "怎样用银行卡往云杉钱包里充钱？", "电子发票的抬头开错了，能重新开一张吗？",
-             "How can I cancel a return I requested by mistake?", "Do you deliver orders to other countries like Australia?",
-             "明天上海会下雨吗？", "How does picking up a parcel from a Spruce Locker work?"]
 
 
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-
-
-def _level(base: str, clients: int, seconds: float) -> dict:
-    stop = time.monotonic() + seconds
-    statuses: collections.Counter[int] = collections.Counter()
-    ok_ms: list[float] = []
-    degraded = [0]
-    health_ms: list[float] = []
-    lock = threading.Lock()
-
-    def client(seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(timeout=120) as http:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                r = http.post(base + "/ask", json={"question": rng.choice(QUESTIONS)})
-                ms = (time.perf_counter() - t) * 1000
-                with lock:
-                    statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        ok_ms.append(ms)
-                        degraded[0] += r.json()["degraded"]
-                if r.status_code == 429:
-                    time.sleep(float(r.headers.get("retry-after", "1")) * rng.random())
-
-    def prober() -> None:
-        with httpx.Client(timeout=120) as http:
-            while time.monotonic() < stop:
-                t = time.perf_counter()
-                http.get(base + "/healthz")
-                health_ms.append((time.perf_counter() - t) * 1000)
-                time.sleep(0.05)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)] + [threading.Thread(target=prober)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"statuses": dict(statuses), "ok_p50": _pct(ok_ms, 0.5), "ok_p99": _pct(ok_ms, 0.99),
-            "health_p50": _pct(health_ms, 0.5), "health_p99": _pct(health_ms, 0.99), "health_max": max(health_ms),
-            "degraded": degraded[0], "ok": len(ok_ms), "rps": len(ok_ms) / seconds}
 
 
 def main() -> None:
@@ -120,12 +74,13 @@ def main() -> None:
         print("| clients | 200 | 429 | other | answers/s | 200 p50 / p99 ms | degraded | /healthz p50 / p99 / max ms |")
         print("|---|---|---|---|---|---|---|---|")
         for clients in (1, capacity, 2 * capacity):
-            r = _level(base, clients, args.seconds)
-            st = r["statuses"]
-            other = sum(v for k, v in st.items() if k not in (200, 429))
-            print(f"| {clients} | {st.get(200, 0)} | {st.get(429, 0)} | {other} | {r['rps']:.1f} | "
-                  f"{r['ok_p50']:.0f} / {r['ok_p99']:.0f} | {r['degraded']} | "
-                  f"{r['health_p50']:.1f} / {r['health_p99']:.1f} / {r['health_max']:.1f} |", flush=True)
+            r = drive(base, clients, args.seconds)
+            st = r.statuses
+            other = sum(v for k, v in st.items() if k not in (200, 429)) + len(r.errors)
+            print(f"| {clients} | {st[200]} | {st[429]} | {other} | {len(r.ok_ms) / args.seconds:.1f} | "
+                  f"{percentile(r.ok_ms, 0.5):.0f} / {percentile(r.ok_ms, 0.99):.0f} | {r.degraded} | "
+                  f"{percentile(r.health_ms, 0.5):.1f} / {percentile(r.health_ms, 0.99):.1f} / "
+                  f"{max(r.health_ms):.1f} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)

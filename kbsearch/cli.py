@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,7 +88,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         desk.mark_built(kb, built.build_id)
     for stage, seconds in built.seconds.items():
         result.report.add_stage(stage, seconds)
-    reranker = _train_kb_reranker(settings, kb)
+    reranker = _request_training(settings, kb, entries)
     summary = {"kb": kb, "build_id": built.build_id, "path": str(built.path), "rows": built.rows,
                "report": result.report.to_json(), "kb_reranker": reranker}
     if args.json:
@@ -109,15 +110,30 @@ def _review_desk(settings: Settings) -> ReviewDesk | None:
     return ReviewDesk(settings, open_database(settings.database_url))
 
 
-def _train_kb_reranker(settings: Settings, kb: str) -> dict[str, object] | None:
-    """With the ``kb`` reranker, train (or reuse) the KB's own reranker on its fresh build."""
-    if settings.rerank.backend != "kb" or settings.kb_reranker.max_variants == 0:
-        return None
+def _request_training(settings: Settings, kb: str, entries: object = None) -> str | None:
+    """Once a new build is live: start the KB reranker's training in the background if it needs one, and say so."""
+    from kbsearch.rerank.kb import request_training
+
+    started = request_training(settings, kb, entries)  # type: ignore[arg-type]
+    if started:
+        print(f"{started}; the new build is served meanwhile (`kbsearch train-reranker` runs it here)",
+              file=sys.stderr)
+    return started
+
+
+def cmd_train_reranker(args: argparse.Namespace, settings: Settings) -> int:
+    """Train the KB's own reranker on its active build, unless the model in place covers it."""
     from kbsearch.finetune.kb import train_kb_reranker
 
-    done = train_kb_reranker(settings, kb, say=lambda line: print(line, file=sys.stderr))
-    return {"folder": str(done.folder) if done.folder else None, "trained": done.trained,
-            "seconds": round(done.seconds, 1), "self_check": done.self_check}
+    kb = args.kb or settings.default_kb
+    settings.kb_dir(kb)
+    if args.background:  # started by request_training: yield the CPU to the service
+        os.nice(10)
+    done = train_kb_reranker(settings, kb, force=args.force, progress=not args.background,
+                             say=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(done.to_json(), ensure_ascii=False, indent=2))
+    return 0
 
 
 def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,10 +143,10 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.index.lock import kb_writer
 
     kb = args.kb or settings.default_kb
-    with kb_writer(settings, kb, "kbsearch rebuild-index"):  # the build and its reranker: one writer throughout
+    with kb_writer(settings, kb, "kbsearch rebuild-index"):
         built = rebuild_index(settings, kb, make_embedder(settings), progress=True)
         print(f"rebuilt kb {kb!r} as {built.build_id}: {built.rows} index rows")
-        _train_kb_reranker(settings, kb)
+    _request_training(settings, kb)
     return 0
 
 
@@ -144,6 +160,10 @@ def cmd_builds(args: argparse.Namespace, settings: Settings) -> int:
     elif args.builds_action == "rollback":
         done = history.rollback(settings, kb, args.build_id)
         print(f"kb {kb!r} serves build {done.build_id}" + (f" (was {done.previous})" if done.changed else " (already did)"))
+        desk = _review_desk(settings)  # the decisions' states follow the build now served
+        for line in desk.after_rollback(kb).notes() if desk is not None else ():
+            print(line)
+        _request_training(settings, kb)
     elif args.json:
         print(json.dumps([b.to_json() for b in history.list_builds(settings, kb)], ensure_ascii=False, indent=2))
     else:
@@ -323,9 +343,8 @@ def _only_queries_file(bench: Path) -> Path:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP API with uvicorn."""
-    import uvicorn
-
     from kbsearch.api.app import create_app
+    from kbsearch.api.server import serve
     from kbsearch.telemetry.logs import configure_logging
 
     configure_logging(settings.telemetry)
@@ -343,8 +362,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         note = (f"operator key for this run: {key} (set KBSEARCH_ADMIN_KEYS to choose your own)" if key
                 else "log in with a KBSEARCH_ADMIN_KEYS key")
         print(f"  dashboard: {base}/dashboard    {note}", flush=True)
-    # log_config=None: uvicorn's records go through the root logger configured above (JSON lines).
-    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None)
+    serve(app, settings.api)
     return 0
 
 
@@ -383,6 +401,7 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
             b = done.build
             print(f"published {done.build_id} for kb {kb!r}: {done.applied} decisions applied, {done.removed} removed; "
                   f"{b.embedded} rows embedded, {b.reused} reused ({sum(b.seconds.values()):.1f}s)")
+            _request_training(settings, kb)
         return 0
     if action == "export":
         text = desk.export(kb, args.format)
@@ -443,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rebuild-index", help="re-embed the active build into a new build")
     s.add_argument("--kb", help="knowledge base name (default: default)")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("train-reranker", help="train the KB's own reranker on its active build (when not covered)")
+    s.add_argument("--kb", help="knowledge base name (default: default)")
+    s.add_argument("--force", action="store_true", help="train even when the model in place covers the build")
+    s.add_argument("--background", action="store_true", help=argparse.SUPPRESS)  # started by ingest & co: niced
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(func=cmd_train_reranker)
 
     s = sub.add_parser("builds", help="a KB's builds: list them, show one, roll back to one")
     s.add_argument("--kb", help="knowledge base name (default: default)")

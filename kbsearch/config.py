@@ -83,8 +83,12 @@ class IndexSettings(_Group):
         "or numpy (brute force, the oracle). A build records its backend and is always loaded with it.")
     keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
     lock_timeout_s: float = Field(60.0, ge=0, le=86400, description="How long a writer (ingest, rebuild-index, publish, "
-                                  "reranker training, rollback) waits for another writer of the same KB before failing "
+                                  "rollback, calibrate) waits for another writer of the same KB before failing "
                                   "(exit 8 / HTTP 429).")
+    watch_interval_s: float = Field(
+        2.0, ge=0, le=3600, description="How often a server looks for new builds and new KBs under the home and loads "
+        "them in the background, so that a KB is loaded before /readyz lists it and no question waits for a load "
+        "(0 = only on a KB's next question).")
 
 
 class RetrieveSettings(_Group):
@@ -139,7 +143,19 @@ class RerankSettings(_Group):
 
 
 class KbRerankerSettings(_Group):
-    """Training and self-check of each KB's own reranker at ingest (``kbsearch.finetune.kb``)."""
+    """Training and self-check of each KB's own reranker (``kbsearch train-reranker``, ``kbsearch.finetune.kb``)."""
+
+    auto_train: bool = Field(
+        True, description="Start the training in the background (low CPU priority) after an ingest, a rebuild, a "
+        "review publish or at serve start, whenever the KB's model does not cover its build; the build is served "
+        "by its first stage meanwhile. Off: only `kbsearch train-reranker` trains.")
+    retrain_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="A model keeps serving new builds while at most this share of the KB's FAQs "
+        "changed (added, removed, other question or variants) since the build it trained on; past it the model is "
+        "off for the new build until retrained.")
+    checkpoint_every_s: float = Field(
+        60.0, ge=0.0, le=3600.0, description="Save the training's progress at least this often, so a killed "
+        "training resumes where it was instead of starting over (0 = no checkpoints).")
 
     max_variants: int = Field(600, ge=0, le=1_000_000,
                               description="Train on a seeded sample of at most this many variants; 0 = do not train.")
@@ -221,6 +237,16 @@ class ApiSettings(_Group):
     retry_after_s: int = Field(1, ge=1, le=3600, description="The Retry-After of a 429.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024 * 1024,
                                 description="Largest request body (413 above it); the dashboard's label upload has its own.")
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="A connection that has not sent a whole request "
+                                    "head this long after it opened, or after its previous response, is closed "
+                                    "(with a 408 if it had started one).")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="A request body gets this long after its head, "
+                                  "plus a second per body_min_rate bytes that arrive; past it, 408 and the "
+                                  "connection is closed.")
+    body_min_rate: int = Field(1024, ge=1, le=1024 * 1024 * 1024, description="Bytes per second of request body "
+                               "that earn one more second: an upload at least this fast always finishes, a trickle "
+                               "cannot hold a connection for long (at most body_timeout_s + max_body_bytes / "
+                               "body_min_rate).")
     cors_origins: tuple[str, ...] = Field((), description="Origins allowed to call the API from a browser (CORS); "
                                           "empty = CORS off (same-origin only).")
 

@@ -27,6 +27,10 @@ from kbsearch.service.query import QueryEngine
 from servers import CLI
 from support import REPO, SMALL_KB, one_chunk
 
+# No KB reranker trains behind a test's back (ingest and serve start one in the background by default):
+# the tests that want one run `kbsearch train-reranker`, and the background path is tested with this set.
+os.environ["KBSEARCH_KB_RERANKER__AUTO_TRAIN"] = "false"
+
 TODAY = dt.date(2026, 11, 22)
 """The day the small KB's questions are asked on (``old-1`` expired in 2023)."""
 
@@ -87,7 +91,9 @@ def make_engine(settings: Settings) -> Iterator[Callable[..., QueryEngine]]:
 
 @pytest.fixture(scope="session")
 def ingested_home(tmp_path_factory):
-    """The sample KB ingested once per run by the real CLI (e5-small, its own reranker): (home, ingest summary).
+    """The sample KB ingested once per run by the real CLI (e5-small), then its own reranker trained by
+    ``kbsearch train-reranker`` as the background training would: (home, ingest summary with the
+    training's result as ``trained_reranker``).
 
     Tests that change the home copy it first.
     """
@@ -96,4 +102,6 @@ def ingested_home(tmp_path_factory):
     ingest = subprocess.run(CLI + ["ingest", str(REPO / "kb"), "--json"], env=env, capture_output=True,
                             text=True, timeout=900)
     assert ingest.returncode == 0, ingest.stderr
-    return home, json.loads(ingest.stdout)
+    train = subprocess.run(CLI + ["train-reranker", "--json"], env=env, capture_output=True, text=True, timeout=1800)
+    assert train.returncode == 0, train.stderr
+    return home, {**json.loads(ingest.stdout), "trained_reranker": json.loads(train.stdout)}

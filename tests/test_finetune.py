@@ -398,3 +398,43 @@ def test_pair_metrics_by_hand():
     # predicted 1,1,0,1,0: tp 2, fp 1, fn 1 -> P 2/3, R 2/3, F1 2/3; negatives: tp 1, fp 1, fn 1 -> F1 1/2
     assert (m.accuracy, m.precision, m.recall) == pytest.approx((0.6, 2 / 3, 2 / 3))
     assert m.f1 == pytest.approx(2 / 3) and m.macro_f1 == pytest.approx((2 / 3 + 0.5) / 2)
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_and_ends_as_the_uninterrupted_run(bert_base, tmp_path, monkeypatch):
+    """Killed mid-epoch (an exception from the optimizer step, as a kill would stop it), run again on the same
+    folder: it resumes at the checkpoint and ends with the same dev history and weights as a run never stopped."""
+    from safetensors.torch import load_file
+
+    train, dev = make_pairs(96, 1), make_pairs(32, 2)
+    whole = finetune(recipe(bert_base, epochs=3), train, dev, tmp_path / "whole", progress=False, checkpoint_every_s=1e-9)
+    assert not (tmp_path / "whole" / "checkpoint").exists()  # removed once complete
+
+    real_step, calls = torch.optim.AdamW.step, [0]
+
+    def dies_at_step_9(self, *a, **kw):  # 6 steps per epoch: killed in epoch 2, after its checkpoint at step 8
+        calls[0] += 1
+        if calls[0] == 9:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_step_9)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(recipe(bert_base, epochs=3), train, dev, tmp_path / "m", progress=False, checkpoint_every_s=1e-9)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert (tmp_path / "m" / "checkpoint" / "state.pt").is_file() and not read_card(tmp_path / "m")["complete"]
+    lines: list[str] = []
+    resumed = finetune(recipe(bert_base, epochs=3), train, dev, tmp_path / "m", progress=False, checkpoint_every_s=1e-9,
+                       log_line=lines.append)
+    assert any("resuming the interrupted training at epoch 2, step 2/6" in line for line in lines)
+    assert [h["dev_loss"] for h in resumed.history] == [h["dev_loss"] for h in whole.history]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "m" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_card(tmp_path / "m")["complete"] and not (tmp_path / "m" / "checkpoint").exists()
+    # a checkpoint of other pairs is not resumed: the folder is refused as any non-empty folder
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_step_9)
+        calls[0] = 0
+        finetune(recipe(bert_base, epochs=3), train, dev, tmp_path / "n", progress=False, checkpoint_every_s=1e-9)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    with pytest.raises(BadInputError, match="not empty"):
+        finetune(recipe(bert_base, epochs=3), train[:-2], dev, tmp_path / "n", progress=False, checkpoint_every_s=1e-9)

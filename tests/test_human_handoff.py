@@ -21,6 +21,7 @@ from kbsearch.embed.fake import HashEmbedder
 from kbsearch.errors import BackendError, BadInputError, NotFoundError
 from kbsearch.retrieve import Query
 from kbsearch.telemetry.trace import Trace
+from support import record_fsyncs
 
 REQUESTS = [
     ("转人工", "转人工"),
@@ -102,6 +103,14 @@ def test_save_and_load_rules(tmp_path):
     assert load_rules(tmp_path) == rules
     assert not rules.is_default and load_rules(tmp_path / "elsewhere").is_default
     assert not [p for p in tmp_path.iterdir() if p.name != RULES_FILE]  # no temp file left
+
+
+def test_saved_rules_survive_a_power_cut(tmp_path, monkeypatch):
+    """The new file's data is flushed before it is renamed over the old one, and the folder after the rename."""
+    synced = record_fsyncs(monkeypatch)
+    save_rules(tmp_path, ["找经理"])
+    assert any(p.startswith(str(tmp_path / f".{RULES_FILE}.")) for p in synced)  # the temp file, before the rename
+    assert str(tmp_path) in synced and load_rules(tmp_path).phrases == ("找经理",)
 
 
 @pytest.mark.parametrize(("phrases", "named"), [

@@ -153,7 +153,7 @@ def test_utf8_file_with_one_damaged_row_rejects_only_that_row(tmp_path: Path, se
     assert (bad.line, "not valid UTF-8" in bad.reason) == (5, True)
 
 
-def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, settings: IngestSettings) -> None:
+def test_xlsx_with_chinese_headers_and_date_cells(tmp_path: Path, settings: IngestSettings) -> None:
     openpyxl = pytest.importorskip("openpyxl")
     book = openpyxl.Workbook()
     sheet = book.active
@@ -161,7 +161,7 @@ def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, se
     sheet.append([101, "如何修改手机号？", "在账户设置中修改。", "换手机号|改手机号", "账户", dt.datetime(2099, 1, 1), "2021/05/06", "x"])
     sheet.append([None, None, None, None, None, None, None, None])  # a blank row is not a record
     sheet.append([102, "如何注销？", "联系客服。", None, "账户", None, None, None])
-    book.create_sheet("ignored").append(["问题", "答案"])
+    book.create_sheet("headers only").append(["问题", "答案"])  # read, and adds nothing
     path = tmp_path / "kb.xlsx"
     book.save(path)
     result = ingest([path], settings)
@@ -169,9 +169,52 @@ def test_xlsx_first_sheet_with_chinese_headers_and_date_cells(tmp_path: Path, se
     assert (first.id, first.question, first.section) == ("101", "如何修改手机号？", "账户")
     assert first.variants == ("换手机号", "改手机号")
     assert (first.valid_until, first.valid_from) == (dt.date(2099, 1, 1), dt.date(2021, 5, 6))
-    assert second.source.endswith("kb.xlsx:4")
+    assert second.source.endswith("kb.xlsx[Sheet]:4")  # a workbook of several sheets names the sheet
     assert result.report.rows_read == 2
     assert [n.reason for n in result.report.notes] == ["ignored unknown columns: 备注"]
+
+
+def test_xlsx_reads_every_sheet_and_names_it(tmp_path: Path, settings: IngestSettings) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    returns = book.active
+    returns.title = "退货"
+    returns.append(["问题", "答案"])
+    returns.append(["怎么退货？", "在订单页申请退货。"])
+    invoices = book.create_sheet("Invoices")
+    invoices.append(["Question", "Answer", "Category"])
+    invoices.append(["How do I get an invoice?", "Request it on the order page.", "Billing"])
+    invoices.append(["Can I change the invoice title?", None, "Billing"])
+    book.create_sheet("Sheet3")  # empty: skipped without a word
+    book.create_sheet("说明").append(["本表由客服部维护，每月更新"])  # not an FAQ table: a note names it
+    path = tmp_path / "kb.xlsx"
+    book.save(path)
+    result = ingest([path], settings)
+    returns_entry, invoice = result.entries
+    assert returns_entry.source == f"{path}[退货]:2" and invoice.source == f"{path}[Invoices]:2"
+    assert invoice.section == "Billing"
+    assert [str(p) for p in result.report.rejected] == [f"{path}[Invoices]:3: empty answer"]
+    assert [str(n) for n in result.report.notes] == [
+        f"{path}: sheet '说明' not read: no question column in the header row (本表由客服部维护，每月更新)"]
+    assert result.report.rows_read == 3 and result.report.files == [str(path)]
+
+
+def test_xlsx_without_any_faq_sheet_is_a_file_error(tmp_path: Path, settings: IngestSettings) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    book = openpyxl.Workbook()
+    book.active.append(["名称", "数量"])
+    book.active.append(["发票", 3])
+    path = tmp_path / "one.xlsx"
+    book.save(path)
+    (error,) = ingest([path], settings).report.file_errors
+    assert str(error) == f"{path}: no question column in the header row (名称, 数量)"  # one sheet: not named
+    book.create_sheet("Notes").append(["see the wiki"])
+    book.create_sheet("Empty")
+    book.save(path)
+    (error,) = ingest([path], settings).report.file_errors
+    assert str(error) == (f"{path}: no sheet has a question column in its header row: sheet 'Sheet': "
+                          "no question column in the header row (名称, 数量); sheet 'Notes': no question column in "
+                          "the header row (see the wiki)")
 
 
 def test_corrupt_xlsx_is_a_file_error(tmp_path: Path, settings: IngestSettings) -> None:

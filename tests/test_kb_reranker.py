@@ -9,11 +9,12 @@ import pytest
 from kbsearch.codes import FallbackCause
 from kbsearch.config import Settings
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.finetune.kb import MAX_P, MIN_VARIANTS, _write_atomic, self_check, sign_test_p, train_kb_reranker
+from kbsearch.finetune.kb import MAX_P, self_check, sign_test_p, train_kb_reranker
+from kbsearch.index.durable import write_text_atomic
 from kbsearch.index.builder import build_index
 from kbsearch.rerank import make_rerank_planner
 from kbsearch.rerank.blend import BLEND_WEIGHTS
-from kbsearch.rerank.kb import ACTIVE, RERANKERS, SKIP, KbRerankPlanner, active_kb_reranker
+from kbsearch.rerank.kb import ACTIVE, MIN_VARIANTS, RERANKERS, SKIP, KbRerankPlanner, active_kb_reranker
 from kbsearch.service.query import QueryEngine
 from support import entry, one_chunk
 
@@ -184,7 +185,7 @@ def test_kb_reranker_trains_on_the_real_base_checks_itself_and_is_cached(tmp_pat
     assert engine.ask("退款多久能到账").mode == "vector"
     card["self_check"]["weight"] = 1.0
     (first.folder / "kbsearch_pair_model.json").write_text(json.dumps(card))
-    _write_atomic(settings.kb_dir("default") / RERANKERS / ACTIVE, first.folder.name + "\n")
+    write_text_atomic(settings.kb_dir("default") / RERANKERS / ACTIVE, first.folder.name + "\n")
     assert engine.ask("退款多久能到账").mode == "rerank"
 
 
@@ -248,3 +249,90 @@ def test_a_failed_training_keeps_the_kb_served_without_a_reranker(tmp_path, monk
     assert any("served by its first stage" in line for line in lines)
     answer = _engine(settings).ask("怎么申请退款")
     assert answer.answered and answer.mode == "vector" and not answer.degraded
+
+
+# --- coverage: which builds a trained model serves, and when training is started -----------------------
+
+
+def _fake_model(settings: Settings, key: str, trained_on, *, use: bool = True) -> None:
+    """A model folder as training leaves it (card with a self-check, FAQS of the build it trained on), made
+    ACTIVE; no weights (the planner's coverage decision never loads them)."""
+    from kbsearch.rerank.kb import FAQS, faq_digests
+
+    folder = settings.kb_dir("default") / RERANKERS / key
+    folder.mkdir(parents=True)
+    (folder / "kbsearch_pair_model.json").write_text(json.dumps({"complete": True, "self_check": {"use": use, "weight": 0.5}}))
+    (folder / FAQS).write_text(json.dumps({"build": trained_on.build_id, "faqs": faq_digests(trained_on.entries.values())}))
+    write_text_atomic(folder.parent / ACTIVE, key + "\n")
+
+
+def _rebuild(settings: Settings, edited: int):
+    """A new build of the topics' KB with the questions of the first ``edited`` FAQs changed."""
+    entries = [entry(f"t{i}", qs[0] + ("（新）" if i < edited else ""), f"{t}：请在App里按提示操作。", variants=tuple(qs[1:]))
+               for i, (t, qs) in enumerate(TOPICS.items())]
+    build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    from kbsearch.index.store import load_build
+    return load_build(settings.kb_dir("default"), device="cpu")
+
+
+def test_a_model_serves_the_builds_it_covers_and_is_off_for_a_build_that_changed_too_much(tmp_path):
+    """9 FAQs; retrain_share 0.2: one edited FAQ (1/9) keeps the model, two (2/9) switch it off for that build,
+    at once and with the reason, and rolling back to a covered build serves it again. Nothing is loaded."""
+    from kbsearch.index.store import load_build
+
+    settings = _kb(tmp_path, retrain_share=0.2)
+    kb_dir = settings.kb_dir("default")
+    first = load_build(kb_dir, device="cpu")
+    _fake_model(settings, "k1", first)
+    planner = make_rerank_planner(settings)
+    assert planner.describe(kb_dir, first).on
+    assert planner.describe(kb_dir, _rebuild(settings, edited=1)).on
+    too_many = _rebuild(settings, edited=2)
+    state = planner.describe(kb_dir, too_many)
+    assert not state.on and "2 of 9 FAQs changed since" in state.why and "retrain_share 0.2" in state.why
+    assert f"trained on build {first.build_id}" in state.why
+    assert planner.describe(kb_dir, first).on  # decided per build served: the old build is still covered
+    assert planner.describe(kb_dir).on  # no build given: coverage not checked (eval's account of the model)
+    engine = _engine(settings)
+    answer = engine.ask("怎么申请退款")  # the engine serves the newest build: first stage only, and says why
+    assert answer.mode == "vector" and any("2 of 9 FAQs changed since" in n for n in answer.notes)
+    assert "2 of 9 FAQs changed since" in engine.status()["kbs"]["default"]["reranker"]
+
+
+def test_training_is_not_repeated_for_a_covered_build_and_request_training_starts_only_what_is_needed(tmp_path, monkeypatch):
+    from kbsearch.index.store import load_build
+    from kbsearch.rerank import kb as kb_module
+
+    settings = _kb(tmp_path, retrain_share=0.2, auto_train=True)
+    kb_dir = settings.kb_dir("default")
+    first = load_build(kb_dir, device="cpu")
+    _fake_model(settings, "k1", first, use=False)
+    _rebuild(settings, edited=1)
+    lines: list[str] = []
+    done = train_kb_reranker(settings, "default", progress=False, say=lines.append)  # no base model needed: nothing trains
+    assert not done.trained and done.folder == kb_dir / RERANKERS / "k1" and "1 of 9 FAQs changed since" in done.covered
+    assert any("nothing to train" in line for line in lines)
+    assert not (kb_dir / RERANKERS / "TRAINING").exists()
+
+    started: list[list[str]] = []
+
+    class FakePopen:  # records the command instead of training (the real start is tested in test_kb_reranker_background)
+        pid = 4242
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            assert kw["start_new_session"] and kw["stdin"] is not None
+
+    monkeypatch.setattr(kb_module.subprocess, "Popen", FakePopen)
+    assert kb_module.request_training(settings, "default") is None and not started  # covered: nothing started
+    _rebuild(settings, edited=3)
+    note = kb_module.request_training(settings, "default")
+    assert note and "pid 4242" in note and started[0][-6:] == ["--home", str(settings.home), "train-reranker", "--kb",
+                                                                "default", "--background"]
+    from kbsearch.cli import build_parser
+    args = build_parser().parse_args(started[0][3:])  # what the child runs parses
+    assert (args.home, args.command, args.kb, args.background) == (str(settings.home), "train-reranker", "default", True)
+    assert "started for kb 'default'" in (kb_dir / RERANKERS / "train.log").read_text()
+    assert kb_module.request_training(settings.updated(kb_reranker={"auto_train": False}), "default") is None
+    assert kb_module.request_training(settings.updated(rerank={"backend": "none"}), "default") is None
+    assert len(started) == 1

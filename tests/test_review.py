@@ -3,6 +3,7 @@ and the next ingest keeping the decisions (the admin API with the hash fake; the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,11 +12,12 @@ from fastapi.testclient import TestClient
 from kbsearch.api.app import create_app
 from kbsearch.cli import main
 from kbsearch.embed.fake import HashEmbedder
+from kbsearch.index.builder import build_index
 from kbsearch.index.store import active_build_id, load_build
 from kbsearch.ingest.parse import parse_file
 from kbsearch.rerank import make_rerank_planner
 from kbsearch.service.query import QueryEngine
-from support import SMALL_KB
+from support import SMALL_KB, one_chunk
 
 ADMIN = "admin-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -99,6 +101,44 @@ def test_attach_publish_undo(client, settings):
     assert admin(client, "POST", "/publish", json={"kb": "default"})["build_id"] is None  # nothing pending
     r = client.post(f"/admin/api/decisions/{d['id']}/undo", headers=AUTH)
     assert r.status_code == 422 and "already undone" in r.json()["detail"]
+
+
+def test_rollback_puts_decisions_back_in_step_with_the_build_served(client, built):
+    """A rollback to a build made before a publish makes that publish's decisions pending again (the service no
+    longer answers with them; the next publish re-applies them); rolling forward to a build that still has an
+    undone decision's change makes it "undoing" again (the next publish takes it out)."""
+    d = admin(client, "POST", "/decisions", json={"kb": "default", "action": "attach", "questions": [OFF_TOPIC],
+                                                 "faq_id": "en-pw"})["decisions"][0]
+    published = admin(client, "POST", "/publish", json={"kb": "default"})["build_id"]
+    back = admin(client, "POST", "/builds/rollback", json={"kb": "default", "build_id": built.build_id})
+    assert back["changed"] and back["review"] == {"build_id": built.build_id, "pending": [d["id"]], "published": [],
+                                                  "undoing": [], "undone": []}
+    listed = admin(client, "GET", "/decisions")
+    assert (listed["pending"], listed["decisions"][0]["state"]) == (1, "pending")
+    assert ask(client, OFF_TOPIC)["answered"] is False  # what the dashboard says is what is served
+    assert admin(client, "POST", "/publish", json={"kb": "default"})["applied"] == 1
+    assert ask(client, OFF_TOPIC)["answered"] and admin(client, "GET", "/decisions")["decisions"][0]["state"] == "published"
+
+    admin(client, "POST", f"/decisions/{d['id']}/undo")
+    assert admin(client, "POST", "/publish", json={"kb": "default"})["removed"] == 1
+    forward = admin(client, "POST", "/builds/rollback", json={"kb": "default", "build_id": published})
+    assert forward["review"]["undoing"] == [d["id"]] and ask(client, OFF_TOPIC)["answered"]
+    assert admin(client, "GET", "/decisions")["decisions"][0]["state"] == "undoing"
+    assert admin(client, "POST", "/publish", json={"kb": "default"})["removed"] == 1
+    assert ask(client, OFF_TOPIC)["answered"] is False
+
+
+def test_rollback_leaves_an_undone_decision_undone_in_a_build_made_after_the_undo(client, settings):
+    """The input files may bring an undone question back on their own: that build's variant is not the decision's
+    to take out."""
+    d = admin(client, "POST", "/decisions", json={"kb": "default", "action": "attach", "questions": [OFF_TOPIC],
+                                                 "faq_id": "en-pw"})["decisions"][0]
+    admin(client, "POST", f"/decisions/{d['id']}/undo")
+    entries = [dataclasses.replace(e, variants=(*e.variants, OFF_TOPIC)) if e.id == "en-pw" else e for e in SMALL_KB[:4]]
+    later = build_index(settings, "default", entries, [one_chunk(e) for e in entries], HashEmbedder(dim=64), {})
+    back = admin(client, "POST", "/builds/rollback", json={"kb": "default", "build_id": later.build_id})
+    assert not back["changed"] and back["review"]["undoing"] == []
+    assert admin(client, "GET", "/decisions")["decisions"][0]["state"] == "undone"
 
 
 def test_draft_a_new_faq_from_questions(client):

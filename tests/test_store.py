@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -12,7 +13,7 @@ import pytest
 from kbsearch.errors import IndexCorruptError, NotFoundError
 from kbsearch.index.builder import make_rows
 from kbsearch.index.manifest import IndexManifest
-from kbsearch.index.store import active_build_id, load_build, new_build_id, swap_active, write_build
+from kbsearch.index.store import active_build_id, build_time, load_build, new_build_id, swap_active, write_build
 from kbsearch.index.faiss_backend import FaissIndex
 from kbsearch.lexical.bm25 import BM25Index
 from support import SMALL_KB, one_chunk
@@ -189,3 +190,9 @@ def test_new_build_ids_sort_in_the_order_they_were_made():
     ids = [new_build_id() for _ in range(50)]
     assert ids == sorted(ids) and len(set(ids)) == 50
     assert all(re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", i) for i in ids)
+
+
+def test_build_time_reads_back_when_an_id_was_made():
+    now = dt.datetime(2026, 12, 2, 6, 7, 8, 999_999, tzinfo=dt.timezone.utc)
+    assert build_time(new_build_id(now)) == now
+    assert [build_time(i) for i in ("b1", "20261399T000000Z-000000", "20261202T060708Z-fffff0")] == [None] * 3

@@ -30,6 +30,7 @@ from kbsearch.index.store import BUILD_ID_PATTERN, knowledge_bases
 from kbsearch.questionlog import report
 from kbsearch.questionlog.report import Window
 from kbsearch.questionlog.writer import QuestionLog
+from kbsearch.rerank.kb import request_training
 from kbsearch.review.desk import Draft, ReviewDesk
 from kbsearch.review.gaps import find_gaps
 from kbsearch.service.query import QueryEngine
@@ -236,7 +237,8 @@ def admin_router(settings: Settings, engine: QueryEngine, ops: Operations, guard
         b = done.build
         return {"build_id": done.build_id, "applied": done.applied, "removed": done.removed,
                 "embedded_rows": b.embedded if b else 0, "reused_rows": b.reused if b else 0,
-                "seconds": round(sum(b.seconds.values()), 3) if b else 0.0}
+                "seconds": round(sum(b.seconds.values()), 3) if b else 0.0,
+                "kb_reranker": request_training(settings, body.kb) if b else None}
 
     @api.get("/builds")
     def builds(kb: KbParam = None) -> dict[str, Any]:
@@ -252,10 +254,12 @@ def admin_router(settings: Settings, engine: QueryEngine, ops: Operations, guard
     @api.post("/builds/rollback")
     def rollback(kb: Annotated[str, Body(pattern=KB_NAME_PATTERN)],
                  build_id: Annotated[str, Body(pattern=BUILD_ID_PATTERN)]) -> dict[str, Any]:
-        """Make another build on disk active again, once it loads in full (429 while another writer holds the KB)."""
+        """Make another build on disk active again, once it loads in full (429 while another writer holds the KB);
+        the review decisions' states then follow it (``review``: what changed)."""
         done = history.rollback(settings, kb, build_id)
         engine.builds.get(kb)  # serve it now: /readyz shows it before the next question
-        return done.to_json()
+        return {**done.to_json(), "review": ops.desk.after_rollback(kb).to_json(),
+                "kb_reranker": request_training(settings, kb)}
 
     @api.get("/rules")
     def rules(kb: KbParam = None) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from kbsearch.config import Settings
 from kbsearch.errors import BusyError, KbsearchError
 from kbsearch.questionlog.db import open_database, try_create_tables
 from kbsearch.questionlog.writer import QuestionLog
+from kbsearch.rerank.kb import request_training
 from kbsearch.review.desk import ReviewDesk
 from kbsearch.service.query import QueryEngine
 from kbsearch.service.similarity import PairJudge
@@ -70,6 +71,16 @@ def make_operations(settings: Settings, engine: QueryEngine) -> Operations | Non
                       desk=ReviewDesk(settings, db, entries_of=lambda kb: engine.builds.get(kb).entries))
 
 
+def _train_what_is_not_covered(settings: Settings, engine: QueryEngine) -> None:
+    """At start: a KB whose reranker does not cover its build (a training killed, or never run) gets one
+    trained in the background (``kb_reranker.auto_train``); the service starts either way."""
+    for kb, build in engine.builds.loaded().items():
+        try:
+            request_training(settings, kb, build.entries.values())
+        except (OSError, KbsearchError) as exc:
+            log.warning("could not start the KB reranker training for %r: %s", kb, exc)
+
+
 def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None,
                guard: Guard | None = None) -> FastAPI:
     """Build the app; the engine (and its models) load at startup, before the port serves /readyz ok.
@@ -98,6 +109,8 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.load()
         judge.load()
+        engine.watch()
+        _train_what_is_not_covered(settings, engine)
         if ops is not None:
             ops.log.start()
         yield

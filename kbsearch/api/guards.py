@@ -3,6 +3,10 @@
 - ``BodyLimit`` (pure ASGI middleware) answers 413 to a body over ``api.max_body_bytes`` before it is read
   into memory, whether the client sent ``Content-Length`` or chunked it; a few routes (the dashboard's
   label upload) have their own, larger limit.
+- ``BodyDeadline`` (pure ASGI middleware) answers 408 to a body that stops arriving: it gets ``api.body_timeout_s``
+  after its head, plus a second for every ``api.body_min_rate`` bytes that arrive, so a slow upload that keeps
+  going is served and one that stalls or trickles is not. ``kbsearch serve`` wraps the app in it
+  (``kbsearch.api.server``), next to the deadline on the request head.
 - ``Admission`` bounds the questions in flight and the queue in front of them: past the queue ``/ask``
   answers 429 with ``Retry-After`` at once, and a question that waited longer than ``queue_timeout_s``
   for a slot gets 429 instead of a late answer. Probes (``/healthz``, ``/readyz``, ``/metrics``) are
@@ -89,38 +93,110 @@ class BodyLimit:
         limit = self.per_path.get(scope["path"], self.default)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+            await _Refusal(send).answer(413, f"the request body is larger than {limit} bytes", "TooLarge")
             return
+        refusal = _Refusal(send)
         seen = 0
-        refused = False
 
         async def counting_receive() -> Message:
-            nonlocal seen, refused
-            if refused:
-                return {"type": "http.disconnect"}
+            nonlocal seen
+            if refusal.done:
+                return _DISCONNECT
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:  # answer now; the app sees a client that went away
-                    refused = True
-                    await _too_large(send, limit)
-                    return {"type": "http.disconnect"}
+                if seen > limit:
+                    return await refusal.answer(413, f"the request body is larger than {limit} bytes", "TooLarge")
             return message
 
-        async def guarded_send(message: Message) -> None:
-            if not refused:  # after the 413, whatever the app still says is dropped
-                await send(message)
-
-        await self.app(scope, counting_receive, guarded_send)
+        await self.app(scope, counting_receive, refusal.send)
 
 
-async def _too_large(send: Send, limit: int) -> None:
-    body = JSONResponse(status_code=413, content={"detail": f"the request body is larger than {limit} bytes",
-                                                  "error": "TooLarge"}).body
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+class BodyDeadline:
+    """Pure ASGI middleware: 408 for a request body that does not arrive in time, checked as it streams in.
+
+    The body has ``timeout_s`` from the moment its head arrived, plus one second for every ``min_rate`` bytes
+    received so far: an upload that keeps going at ``min_rate`` or faster always finishes, one that stalls (a
+    half-open connection) or trickles is answered 408 and its connection closed, within
+    ``timeout_s + max body / min_rate`` at most. Once the body is complete, reads pass through untimed (they
+    only wait for the client to go away).
+
+    Args:
+        app: The wrapped application.
+        timeout_s: Seconds a body gets, before any of it arrived.
+        min_rate: Bytes per second of body that earn one more second.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float, min_rate: int) -> None:
+        if timeout_s <= 0 or min_rate <= 0:
+            raise ValueError(f"timeout_s and min_rate must be positive, not {timeout_s!r} and {min_rate!r}")
+        self.app, self.timeout_s, self.min_rate = app, timeout_s, min_rate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refusal = _Refusal(send)
+        seen = 0
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal seen, complete
+            if refusal.done:
+                return _DISCONNECT
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(started + self.timeout_s + seen / self.min_rate):
+                    message = await receive()
+            except TimeoutError:
+                return await refusal.answer(408, f"the request body did not arrive in time ({seen} bytes came)",
+                                            "RequestTimeout")
+            seen += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, refusal.send)
+
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _Refusal:
+    """One request's refusal by a body guard: the error answered once in place of the app's response.
+
+    After it, the app is told the client went away and whatever it still sends is dropped.
+
+    Args:
+        send: The server's ``send``.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.done = False
+        self.response_started = False
+
+    async def answer(self, status: int, detail: str, error: str) -> Message:
+        """Send ``status`` with ``{"detail", "error"}`` and ``Connection: close``; returns the disconnect for the app.
+
+        The error is sent only if the app had not started its own response (then the server just closes).
+        """
+        self.done = True
+        if not self.response_started:
+            body = JSONResponse(status_code=status, content={"detail": detail, "error": error}).body
+            await self._send({"type": "http.response.start", "status": status,
+                              "headers": [(b"content-type", b"application/json"),
+                                          (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+            await self._send({"type": "http.response.body", "body": body})
+        return _DISCONNECT
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``: passed on until the refusal, dropped after it."""
+        if not self.done:
+            self.response_started = True
+            await self._send(message)
 
 
 class Admission:

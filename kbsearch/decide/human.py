@@ -29,11 +29,9 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import re
 import threading
 import unicodedata
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from kbsearch.codes import HandoffReason
 from kbsearch.config import DecideSettings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError, KbsearchError, NotFoundError
+from kbsearch.index.durable import write_text_atomic
 from kbsearch.types import Candidate, Decision
 
 log = logging.getLogger(__name__)
@@ -231,7 +230,7 @@ def load_rules(kb_dir: Path) -> HandoffRules:
 
 
 def save_rules(kb_dir: Path, phrases: Sequence[str]) -> HandoffRules:
-    """Validate ``phrases`` and make them the KB's hand-off rules (atomically: temp file + ``os.replace``).
+    """Validate ``phrases`` and make them the KB's hand-off rules (atomically and durably: ``write_text_atomic``).
 
     Raises:
         BadInputError: see ``validate_phrases``. NotFoundError: ``kb_dir`` does not exist.
@@ -239,12 +238,7 @@ def save_rules(kb_dir: Path, phrases: Sequence[str]) -> HandoffRules:
     rules = HandoffRules(validate_phrases(phrases), RULES_FILE)
     if not kb_dir.is_dir():
         raise NotFoundError(f"knowledge base {kb_dir.name!r} does not exist")
-    tmp = kb_dir / f".{RULES_FILE}.{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_text(json.dumps({"phrases": list(rules.phrases)}, ensure_ascii=False, indent=2), encoding="utf-8")
-        os.replace(tmp, kb_dir / RULES_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write failed
+    write_text_atomic(kb_dir / RULES_FILE, json.dumps({"phrases": list(rules.phrases)}, ensure_ascii=False, indent=2))
     return rules
 
 

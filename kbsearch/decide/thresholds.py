@@ -1,7 +1,8 @@
 """Thresholds per score kind: the global setting, or a KB's calibrated one (``kbsearch calibrate``).
 
 A KB's calibrations live in ``<kb>/thresholds.json`` (score kind -> threshold, margin, and the model,
-reranker and first stage they were measured with). One is used only when the service decides with the
+reranker and first stage they were measured with), merged and replaced under the KB's writer lock and
+written durably (``kbsearch.index.durable``). One is used only when the service decides with the
 same configuration; otherwise the setting applies and ``explain`` says why. A file that is not JSON, or an
 entry of the wrong shape (a threshold that is not a number...), is ignored with a logged warning:
 a bad calibration file must never turn every answer into a hand-off.
@@ -18,6 +19,7 @@ from typing import Any
 from kbsearch.config import DecideSettings
 from kbsearch.errors import NotFoundError
 from kbsearch.index.durable import write_text_atomic
+from kbsearch.index.lock import writer_lock
 from kbsearch.index.store import active_build_id
 from kbsearch.types import ScoreKind
 
@@ -69,16 +71,22 @@ def _invalid(cal: Any) -> str | None:
     return None
 
 
-def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]]) -> Path:
-    """Merge ``update`` (score kind -> calibration) into the KB's thresholds file, atomically.
+def write_thresholds(kb_dir: Path, update: dict[str, dict[str, Any]], *, lock_timeout_s: float | None = None) -> Path:
+    """Merge ``update`` (score kind -> calibration) into the KB's thresholds file, atomically and durably,
+    holding the KB's writer lock (so two calibrations never lose each other's kinds, and no writer interleaves).
+
+    Args:
+        lock_timeout_s: How long to wait for another writer (``index.lock_timeout_s``; default the lock's own).
 
     Raises:
-        NotFoundError: the KB has no active build.
+        NotFoundError: the KB (or its active build) does not exist.
+        KbBusyError: another writer held the KB's lock for the whole wait.
     """
-    if active_build_id(kb_dir) is None:
-        raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build to calibrate")
-    data = {**read_thresholds(kb_dir), **update}
-    write_text_atomic(kb_dir / THRESHOLDS, json.dumps(data, ensure_ascii=False, indent=2))
+    with writer_lock(kb_dir, "kbsearch calibrate", timeout_s=lock_timeout_s):
+        if active_build_id(kb_dir) is None:
+            raise NotFoundError(f"knowledge base {kb_dir.name!r} has no active build to calibrate")
+        data = {**read_thresholds(kb_dir), **update}
+        write_text_atomic(kb_dir / THRESHOLDS, json.dumps(data, ensure_ascii=False, indent=2))
     return kb_dir / THRESHOLDS
 
 

@@ -158,6 +158,7 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
         BadInputError: no queries, or the answers came from more than one score kind (e.g. a backend
             failed during the run, so some were answered from BM25).
         IndexCorruptError: the KB's active build does not load.
+        KbBusyError: storing it, another writer held the KB's lock for the whole wait.
     """
     if not queries:
         raise BadInputError("no queries to calibrate with")
@@ -218,5 +219,5 @@ def calibrate(settings: Settings, kb: str, queries: list[EvalQuery], embedder: E
             "first_stage": result.first_stage, "target_precision": target, "min_oos_handoff": min_oos_handoff,
             "answered_precision": best.answered_precision, "coverage": best.coverage,
             "oos_handoff_rate": best.oos_handoff_rate, "queries": len(queries), "date": result.date,
-        }})
+        }}, lock_timeout_s=settings.index.lock_timeout_s)
     return result

@@ -1,4 +1,11 @@
-"""Train a knowledge base's own reranker from its variants (``rerank_backend = "kb"``, run by ingest).
+"""Train a knowledge base's own reranker from its variants (``rerank_backend = "kb"``, ``kbsearch train-reranker``).
+
+Training never holds up an ingest or the service: it runs as its own command, which ingest and the
+others start in the background once the new build is live (``kbsearch.rerank.kb.request_training``).
+One training per KB at a time (a lock in the rerankers folder; the next one waits, then trains only
+what is still not covered). It trains only when the KB's model does not cover the active build (a
+few changed FAQs keep the model: ``kb_reranker.retrain_share``), and a killed training resumes from
+its last checkpoint (``kb_reranker.checkpoint_every_s``) when run again on the same build.
 
 The sampled variants are split by phrasing (seeded): most train, a held-out share is the dev split of
 ``finetune`` (early stopping, dev F1). The **self-check** runs on variants the model never trained on:
@@ -14,10 +21,14 @@ measures the real pair.
 
 Models are cached by a hash of their training pairs, recipe and base: re-ingesting the same
 variants reuses the model instead of training again.
+
+A trainer is the only writer of the rerankers folder, and it switches models by replacing ``ACTIVE``;
+it does not take the KB's writer lock, so ingest and publishes go on while it trains.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -34,10 +45,12 @@ from kbsearch.config import RerankDoc, Settings
 from kbsearch.errors import BadInputError
 from kbsearch.finetune.pairs import Pair, kb_pairs
 from kbsearch.finetune.train import Recipe, finetune
-from kbsearch.index.lock import kb_writer
+from kbsearch.index.durable import fsync_path, fsync_tree, write_text_atomic
+from kbsearch.index.lock import writer_lock
 from kbsearch.rerank.blend import BLEND_WEIGHTS, blend
 from kbsearch.rerank.card import CARD, read_card
-from kbsearch.rerank.kb import ACTIVE, KB_RERANKER_DOC, RERANKERS, SKIP
+from kbsearch.rerank.kb import (ACTIVE, FAQS, KB_RERANKER_DOC, MIN_VARIANTS, RERANKERS, SKIP, TRAINING, covers,
+                                faq_digests, trained_kb_reranker)
 from kbsearch.rerank.text import reranker_text
 from kbsearch.retrieve.grouping import group_rows
 
@@ -64,8 +77,8 @@ def sign_test_p(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
 
 
-#: Fewer variants than this: no KB reranker (20 held out for the check, the rest to train on).
-MIN_VARIANTS = 40
+#: How long a training waits for another training of the same KB (they take minutes) before giving up.
+TRAIN_WAIT_S = 6 * 3600.0
 
 
 @dataclass
@@ -76,6 +89,11 @@ class KbRerankerResult:
     trained: bool  # False when a cached model was reused (or nothing was trained)
     seconds: float
     self_check: dict[str, Any]
+    covered: str | None = None  # the model in place already covered the build: why (nothing was trained)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": str(self.folder) if self.folder else None, "trained": self.trained,
+                "seconds": round(self.seconds, 1), "covered": self.covered, "self_check": self.self_check}
 
 
 Mined = tuple[str, str, dict[str, str], dict[str, float]]
@@ -144,15 +162,9 @@ def self_check(score: Callable[[str, list[str]], list[float]], check: list[Mined
                        f"(sign test p {p:.3f})" + ("" if use else f": the reranker does not clearly help this KB (needs p < {MAX_P})"))}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _skip(folder: Path, reason: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / SKIP, reason + "\n")
+    write_text_atomic(folder / SKIP, reason + "\n")
     (folder / ACTIVE).unlink(missing_ok=True)
     _prune(folder, keep=None)
 
@@ -164,37 +176,58 @@ def _prune(folder: Path, keep: str | None) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True,
+def train_kb_reranker(settings: Settings, kb: str, *, progress: bool = True, force: bool = False,
                       say: Callable[[str], None] = print) -> KbRerankerResult:
-    """Train (or reuse) ``kb``'s reranker from the active build's variants and switch it in.
+    """Train (or reuse) ``kb``'s reranker from the active build's variants and switch it in, unless the
+    model in place covers the build (``force``: check that, and train, anyway).
 
     A KB without variants gets no reranker (``SKIP`` records why). The model is switched in
-    (``ACTIVE``) only when complete; its card holds the self-check, and the query path uses it only
-    when that check passed. Holds the KB's writer lock throughout: two trainings never share the
-    training folder, and no build is published under one.
+    (``ACTIVE``) only when complete, with the digests of the build it trained on (``FAQS``); its card
+    holds the self-check, and the query path uses it only when that check passed and it covers the
+    build served. Holds the rerankers folder's lock throughout (waiting for a training already
+    running); ``TRAINING`` says who trains, for which build, meanwhile.
 
     Raises:
         BadInputError: the KB has no build.
-        KbBusyError: another writer held the KB's lock for the whole wait.
+        KbBusyError: another training held the lock for all of ``TRAIN_WAIT_S``.
     """
-    with kb_writer(settings, kb, "KB reranker training"):
-        return _train_kb_reranker(settings, kb, progress=progress, say=say)
+    from kbsearch.index.store import active_build_id
+
+    kb_dir = settings.kb_dir(kb)
+    if active_build_id(kb_dir) is None:
+        raise BadInputError(f"knowledge base {kb!r} has no build: run kbsearch ingest first")
+    folder = kb_dir / RERANKERS
+    with writer_lock(folder, "KB reranker training", timeout_s=TRAIN_WAIT_S, create=True):
+        try:
+            return _train_kb_reranker(settings, kb, progress=progress, force=force, say=say)
+        finally:
+            (folder / TRAINING).unlink(missing_ok=True)
 
 
-def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, say: Callable[[str], None]) -> KbRerankerResult:
+def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, force: bool,
+                       say: Callable[[str], None]) -> KbRerankerResult:
     """``train_kb_reranker`` once the lock is held."""
     from kbsearch.embed.e5_small import materialize_e5_small
-    from kbsearch.index.store import active_build_id, load_build
+    from kbsearch.index.store import load_build
     from kbsearch.rerank.cross_encoder import CrossEncoderReranker
 
     t0 = time.perf_counter()
     kb_dir = settings.kb_dir(kb)
     folder = kb_dir / RERANKERS
-    if active_build_id(kb_dir) is None:
-        raise BadInputError(f"knowledge base {kb!r} has no build: run kbsearch ingest first")
     build = load_build(kb_dir, device="cpu")
     knobs = settings.kb_reranker
     seed = knobs.seed
+    digests = faq_digests(build.entries.values())
+    current, _ = trained_kb_reranker(kb_dir)
+    if current is not None and not force:
+        covered, how = covers(current, digests, knobs.retrain_share)
+        if covered:
+            check = (read_card(current) or {}).get("self_check", {})
+            say(f"the KB reranker {current.name} of {kb!r} covers build {build.build_id} ({how}): nothing to train")
+            return KbRerankerResult(current, False, time.perf_counter() - t0, check, covered=how)
+    write_text_atomic(folder / TRAINING, json.dumps({
+        "pid": os.getpid(), "build": build.build_id,
+        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}) + "\n")
     rows = variant_rows(build, knobs.max_variants, seed) if build.vectors is not None else []
     if build.vectors is None or len(rows) < MIN_VARIANTS:
         why = (f"vector index unavailable ({build.vector_error})" if build.vectors is None
@@ -233,12 +266,12 @@ def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, say: Call
 
     if card is None or not card.get("complete") or "self_check" not in card:
         shutil.rmtree(out, ignore_errors=True)
-        tmp = folder / f".training-{key}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        say(f"training the KB reranker for {kb!r}: {len(train)} pairs from {len(train_variants)} variants, "
-            f"{recipe.epochs} epochs (set KBSEARCH_KB_RERANKER__MAX_VARIANTS=0 to skip)")
+        tmp = folder / f".training-{key}"  # kept when killed: the next run on these pairs resumes it
+        say(f"training the KB reranker for {kb!r} on build {build.build_id}: {len(train)} pairs from "
+            f"{len(train_variants)} variants, {recipe.epochs} epochs (set KBSEARCH_KB_RERANKER__MAX_VARIANTS=0 to skip)")
         try:
-            result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say)
+            result = finetune(recipe, train, dev, tmp, progress=progress, log_line=say,
+                              checkpoint_every_s=knobs.checkpoint_every_s)
             check = check_model(tmp)
         except Exception as exc:  # the build is already served: a failed reranker must not fail the ingest
             shutil.rmtree(tmp, ignore_errors=True)
@@ -249,15 +282,18 @@ def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, say: Call
         card = json.loads((tmp / CARD).read_text(encoding="utf-8"))
         card["self_check"] = check
         card["seconds"] = result.seconds
-        _write_atomic(tmp / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
+        write_text_atomic(tmp / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
+        fsync_tree(tmp)
         os.replace(tmp, out)
+        fsync_path(folder)
         trained = True
     elif card["self_check"].get("rule") != CHECK_RULE or card["self_check"].get("variants") != len(check_set):
         # checked by another rule or on other variants: check again, no retraining
         card["self_check"] = check_model(out)
-        _write_atomic(out / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
+        write_text_atomic(out / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
     check = card["self_check"]
-    _write_atomic(folder / ACTIVE, key + "\n")
+    write_text_atomic(out / FAQS, json.dumps({"build": build.build_id, "faqs": digests}) + "\n")
+    write_text_atomic(folder / ACTIVE, key + "\n")
     (folder / SKIP).unlink(missing_ok=True)
     _prune(folder, keep=key)
     say(f"KB reranker {'trained' if trained else 'reused'} ({out}): {check['reason']}; "

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
+import os
 import platform
 import random
 import shutil
@@ -168,12 +170,19 @@ def _batches(pairs: list[Pair], size: int, rng: random.Random | None) -> list[li
 
 
 def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
-             progress: bool = True, log_line: Callable[[str], None] | None = None) -> TrainResult:
+             progress: bool = True, log_line: Callable[[str], None] | None = None,
+             checkpoint_every_s: float = 0.0) -> TrainResult:
     """Train on ``train``, keep the checkpoint with the best dev F1, write it to ``out``.
+
+    With ``checkpoint_every_s`` > 0 the run can be killed and resumed: at least that often, and after
+    every epoch, the trainable weights, the optimizer and scheduler, the random states and the position
+    (epoch, step) are saved in ``out/checkpoint/``; called again with the same recipe and pairs on that
+    folder, training continues where the checkpoint was taken, and ends as the uninterrupted run would
+    (same batches, same dropout). The checkpoint is removed when training completes.
 
     Raises:
         BadInputError: a bad recipe field, no training or dev pairs, only one label in ``train``, or
-            ``out`` exists and is not empty.
+            ``out`` exists, is not empty and holds no checkpoint of this run.
         MissingDependencyError: LoRA requested without peft.
     """
     import torch
@@ -184,7 +193,9 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     if len({p.label for p in train}) < 2:
         raise BadInputError("training pairs must contain both labels (0 and 1)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    run_id = _run_id(recipe, train, dev)
+    resume = _read_checkpoint(out, run_id) if checkpoint_every_s > 0 else None
+    if resume is None and out.exists() and any(out.iterdir()):
         raise BadInputError(f"{out}: output folder exists and is not empty")
     rng = random.Random(recipe.seed)
     if recipe.max_train_pairs and len(train) > recipe.max_train_pairs:
@@ -250,12 +261,45 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
     best: PairMetrics | None = None
     best_epoch, best_state, stale, history = 0, None, 0, []
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    last_line = t0
-    for epoch in range(1, recipe.epochs + 1):
+    first_epoch, done_steps, running = 1, 0, 0.0
+    if resume is not None:  # continue a killed run where its checkpoint was taken
+        model.load_state_dict(resume["trainable"], strict=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        plateau.load_state_dict(resume["plateau"])
+        scaler.load_state_dict(resume["scaler"])
+        history = resume["history"]
+        best = PairMetrics(**resume["best"]) if resume["best"] else None
+        best_epoch, stale = resume["best_epoch"], resume["stale"]
+        best_state = torch.load(out / CHECKPOINT / "best.pt") if best is not None else None
+        first_epoch, done_steps, running = resume["epoch"], resume["step"], resume["running"]
+        rng.setstate(resume["epoch_rng"])
+        torch.set_rng_state(resume["torch_rng"])  # dropout continues as it would have
+        t0 -= resume["elapsed"]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+        say(f"resuming the interrupted training at epoch {first_epoch}, step {done_steps}/{steps_per_epoch}")
+    last_line = last_checkpoint = time.perf_counter()
+
+    def checkpoint(epoch: int, step: int, epoch_rng: object) -> None:
+        """Save where training is (``step`` batches of ``epoch`` done), so a killed run resumes here."""
+        _write_checkpoint(out, run_id, {
+            "epoch": epoch, "step": step, "running": running, "epoch_rng": epoch_rng,
+            "torch_rng": torch.get_rng_state(), "trainable": _trainable_state(model),
+            "optimizer": optimizer.state_dict(), "plateau": plateau.state_dict(), "scaler": scaler.state_dict(),
+            "history": history, "best": asdict(best) if best is not None else None, "best_epoch": best_epoch,
+            "stale": stale, "elapsed": time.perf_counter() - t0})
+
+    for epoch in range(first_epoch, recipe.epochs + 1):
         model.train()
-        running = 0.0
+        epoch_rng = rng.getstate()
+        batches = _batches(train, recipe.batch_size, rng)
+        skip, done_steps = done_steps, 0
+        if not skip:
+            running = 0.0
         bar = _bar(steps_per_epoch, f"epoch {epoch}/{recipe.epochs}", progress)
-        for step, batch in enumerate(_batches(train, recipe.batch_size, rng), start=1):
+        bar.update(skip)
+        for step, batch in enumerate(batches, start=1):
+            if step <= skip:
+                continue
             labels = torch.tensor([float(p.label) for p in batch], device=device)
             loss = loss_fn(logits_of(batch), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -271,6 +315,9 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
                     f"{last_line - t0:.0f} s")
             if writer is not None:
                 writer.add_scalar("train/loss", float(loss.detach()), (epoch - 1) * steps_per_epoch + step)
+            if checkpoint_every_s > 0 and time.perf_counter() - last_checkpoint >= checkpoint_every_s:
+                checkpoint(epoch, step, epoch_rng)
+                last_checkpoint = time.perf_counter()
         bar.close()
         metrics = evaluate()
         plateau.step(metrics.loss)
@@ -288,7 +335,10 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
             f"accuracy {metrics.accuracy:.4f}, F1 {metrics.f1:.4f}, macro F1 {metrics.macro_f1:.4f}, lr {lr:.2e}")
         if best is None or metrics.f1 > best.f1:
             best, best_epoch, stale = metrics, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = _trainable_state(model)  # the frozen weights never change
+            if checkpoint_every_s > 0:
+                (out / CHECKPOINT).mkdir(exist_ok=True)
+                _save_torch(best_state, out / CHECKPOINT / "best.pt")
             # On disk too, so an interrupted run still leaves its best epoch: the model itself (full) or
             # the adapter (LoRA, merged at the end), with a card marked incomplete.
             if method == "lora":
@@ -299,11 +349,14 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
             write_card(out, recipe, summary(), device, complete=False)
         else:
             stale += 1
-            if stale >= recipe.early_stop_patience:
-                say(f"early stop: dev F1 has not improved for {stale} epochs (best epoch {best_epoch})")
-                break
+        if stale >= recipe.early_stop_patience:
+            say(f"early stop: dev F1 has not improved for {stale} epochs (best epoch {best_epoch})")
+            break
+        if checkpoint_every_s > 0:
+            checkpoint(epoch + 1, 0, rng.getstate())
+            last_checkpoint = time.perf_counter()
     assert best is not None and best_state is not None
-    model.load_state_dict(best_state)
+    model.load_state_dict(best_state, strict=False)
     if method == "lora":
         model = model.merge_and_unload()
         shutil.rmtree(out / "lora-adapter", ignore_errors=True)
@@ -314,7 +367,60 @@ def finetune(recipe: Recipe, train: list[Pair], dev: list[Pair], out: Path, *,
         writer.close()
     result = summary()
     write_card(out, recipe, result, device, complete=True)
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return result
+
+
+CHECKPOINT = "checkpoint"
+"""Folder in a training's output holding what a killed run resumes from (``finetune(checkpoint_every_s=)``)."""
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    """A CPU copy of the weights training changes (the frozen ones never do)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _run_id(recipe: Recipe, train: list[Pair], dev: list[Pair]) -> str:
+    """What a checkpoint must match to be resumed: the recipe and the pairs, hashed."""
+    h = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True, default=str).encode("utf-8"))
+    for p in train + [Pair("", "", -1)] + dev:
+        h.update(json.dumps([p.a, p.b, p.label], ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file, fsynced and renamed: a kill leaves the old file or the new one."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_checkpoint(out: Path, run_id: str, state: dict[str, Any]) -> None:
+    folder = out / CHECKPOINT
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_torch({"run": run_id, **state}, folder / "state.pt")
+
+
+def _read_checkpoint(out: Path, run_id: str) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` when it belongs to this run and is readable; None otherwise."""
+    import torch
+
+    try:
+        state = torch.load(out / CHECKPOINT / "state.pt")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a torn or foreign file: start over
+        log.warning("ignoring the unreadable training checkpoint in %s: %s", out, exc)
+        return None
+    if not isinstance(state, dict) or state.get("run") != run_id:
+        log.warning("the training checkpoint in %s is from another recipe or other pairs: starting over", out)
+        return None
+    return state
 
 
 def write_card(out: Path, recipe: Recipe, result: TrainResult, device: str, *, complete: bool) -> None:

@@ -1,14 +1,15 @@
 """One writer per knowledge base: an exclusive ``fcntl.flock`` on ``<kb>/.lock``, and the cleanup it allows.
 
 Everything that writes a KB runs holding this lock: ``kbsearch ingest`` and ``rebuild-index`` (for the
-whole command), a review publish, training the KB's reranker, a rollback, and ``store.write_build`` /
-``swap_active`` themselves. A second writer, in another process or another thread, waits up to a
-timeout and then fails with ``KbBusyError`` naming the KB and the holder's pid (each holder writes its
-pid and purpose into the lock file). The kernel drops a flock when its holder dies, even by ``kill -9``,
-so a killed writer never blocks the next one; and the next writer, once it holds the lock, removes what
-a killed one left behind (``LEFTOVERS``): under the lock nobody else can be writing them. The lock is
-re-entrant within a thread, so an ingest holding it can call the build writer, which takes it again for
-free. Readers (the server, ``kbsearch ask``) never take it: they read complete builds through ``ACTIVE``.
+whole command), a review publish, training the KB's reranker, a rollback, storing calibrated thresholds
+(``thresholds.json``), and ``store.write_build`` / ``swap_active`` themselves. A second writer, in
+another process or another thread, waits up to a timeout and then fails with ``KbBusyError`` naming the
+KB and the holder's pid (each holder writes its pid and purpose into the lock file). The kernel drops a
+flock when its holder dies, even by ``kill -9``, so a killed writer never blocks the next one; and the
+next writer, once it holds the lock, removes what a killed one left behind (``LEFTOVERS``): under the
+lock nobody else can be writing them. The lock is re-entrant within a thread, so an ingest holding it can
+call the build writer, which takes it again for free. Readers (the server, ``kbsearch ask``) never take
+it: they read complete builds through ``ACTIVE``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,18 @@ def new_build_id(now: dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + f"-{now.microsecond:05x}{uuid.uuid4().int % 16:x}"
 
 
+def build_time(build_id: str) -> dt.datetime | None:
+    """When ``new_build_id`` made ``build_id`` (UTC, to the microsecond); None for an id it did not make."""
+    match = re.fullmatch(r"(\d{8}T\d{6}Z)-([0-9a-f]{5})[0-9a-f]", build_id)
+    if match is None:
+        return None
+    try:
+        made = dt.datetime.strptime(match[1], "%Y%m%dT%H%M%SZ")
+        return made.replace(microsecond=int(match[2], 16), tzinfo=dt.timezone.utc)
+    except ValueError:  # not a date, or more than 999999 microseconds
+        return None
+
+
 def active_build_id(kb_dir: Path) -> str | None:
     """The build id ACTIVE points to, or None when the KB has no ACTIVE file (never published).
 

@@ -7,7 +7,10 @@ Formats (by extension, case-insensitive):
 * ``.csv`` / ``.tsv``: a header row, then one entry per row; ``variants`` and ``tags`` cells are
   split at ``|``, ``；``, ``、`` and line breaks (``split_list``; a numbered list's ``1.``/``2、``
   markers are dropped).
-* ``.xlsx``: the first sheet, header in row 1 (openpyxl; date cells are read as dates).
+* ``.xlsx``: every sheet whose row 1 is a header with a question column (openpyxl; date cells are read as
+  dates). In a workbook of several sheets (one per category is common) rows are named
+  ``file.xlsx[Sheet]:row``; an empty sheet is skipped, any other sheet is noted as not read, and a
+  workbook with no such sheet is unreadable.
 * ``.md`` / ``.markdown``: ``# Section``, ``## Question``, then the answer up to the next ``#``/``##``
   heading (``###`` and deeper belong to the answer). An optional HTML comment right after the
   question line carries the other fields, e.g. ``<!-- id: rt-1; valid_until: 2025-12-31;
@@ -42,6 +45,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import re
 import unicodedata
@@ -348,9 +352,9 @@ def _add_object(result: ParsedFile, obj: dict[str, Any], line: int, unknown: dic
     result.columns.extend(str(k) for k in obj if str(k) not in result.columns)
 
 
-def _note_unknown(result: ParsedFile, unknown: dict[str, None], what: str) -> None:
+def _note_unknown(result: ParsedFile, unknown: dict[str, None], what: str, source: str | None = None) -> None:
     if unknown:
-        result.notes.append(Problem(result.path, None, f"ignored unknown {what}: {', '.join(unknown)}"))
+        result.notes.append(Problem(source or result.path, None, f"ignored unknown {what}: {', '.join(unknown)}"))
 
 
 def _parse_jsonl(text: str, result: ParsedFile) -> None:
@@ -403,35 +407,48 @@ class _Layout:
             on to the right). None otherwise, and then a row wider than the header is rejected.
         question_lines: The question cell holds one question per line (MaxKB's QA template): the first is
             the question, the others are variants.
+        source: The name its rows and notes are reported under: the file, or ``file.xlsx[Sheet]``.
     """
 
     columns: dict[int, str]
     width: int
     tail: int | None
     question_lines: bool
+    source: str
 
 
-def _header_map(header: list[Any], result: ParsedFile) -> _Layout:
-    """Read the header row; notes unknown and repeated columns; needs a question column."""
+def _header_map(header: list[Any], result: ParsedFile, source: str | None = None) -> _Layout:
+    """Read the header row; notes unknown and repeated columns; needs a question column.
+
+    Args:
+        source: The name the table's rows and notes are reported under (default the file's path).
+
+    Raises:
+        _FileError: no question column; nothing was added to ``result`` then.
+    """
+    source = source or result.path
     columns: dict[int, str] = {}
     unknown: dict[str, None] = {}
+    names: list[str] = []
+    repeated: list[Problem] = []
     for i, cell in enumerate(header):
         name = "" if cell is None else str(cell).strip()
         if not name:
             continue
-        result.columns.append(name)
+        names.append(name)
         canon = canonical_field(name)
         if canon is None:
             unknown.setdefault(name, None)
         elif canon in columns.values():
-            why = f"ignored column {name!r}: {canon} already read from an earlier column"
-            result.notes.append(Problem(result.path, None, why))
+            repeated.append(Problem(source, None, f"ignored column {name!r}: {canon} already read from an earlier column"))
         else:
             columns[i] = canon
-    _note_unknown(result, unknown, "columns")
     if "question" not in columns.values():
         shown = ", ".join(str(c) for c in header if c not in (None, ""))
         raise _FileError(f"no question column in the header row ({shown or 'empty'})")
+    result.columns.extend(names)
+    result.notes.extend(repeated)
+    _note_unknown(result, unknown, "columns", source)
     result.fields.update(columns.values())
     # only FastGPT's own "indexes" column runs on: anywhere else a row wider than its header is a broken row
     # (an unquoted separator would otherwise shift part of an answer into the variants)
@@ -440,7 +457,7 @@ def _header_map(header: list[Any], result: ParsedFile) -> _Layout:
     maxkb = "heading" in columns.values() or any(
         _bare_key(header[i]) in _MAXKB_CONTENT for i, name in columns.items() if name == "answer"
     )
-    return _Layout(columns, len(header), tail, maxkb)
+    return _Layout(columns, len(header), tail, maxkb, source)
 
 
 def _bare_key(name: Any) -> str:
@@ -461,12 +478,12 @@ def _row_record(row: list[Any], layout: _Layout, result: ParsedFile, line: int) 
     extra = [c for c in row[width:] if not _is_blank(c)]
     if extra and layout.tail is None:
         result.rejected.append(Problem(
-            result.path, line, f"{width + len(extra)} cells but the header has {width} (unquoted separator?)"
+            layout.source, line, f"{width + len(extra)} cells but the header has {width} (unquoted separator?)"
         ))
         return
     fields = {name: row[i] if i < len(row) else None for i, name in layout.columns.items()}
     if layout.question_lines and str(fields.get("heading") or "").strip() in MAXKB_SAMPLE_HEADINGS:
-        result.notes.append(Problem(result.path, line, "skipped the sample row of MaxKB's template"))
+        result.notes.append(Problem(layout.source, line, "skipped the sample row of MaxKB's template"))
         return
     for name in ("variants", "tags"):
         if name in fields:
@@ -478,7 +495,7 @@ def _row_record(row: list[Any], layout: _Layout, result: ParsedFile, line: int) 
         first, *others = [ln.strip() for ln in question.splitlines() if ln.strip()] or [""]
         fields["question"] = first
         fields["variants"] = [*others, *(fields.get("variants") or [])]
-    result.records.append(RawRecord(result.path, line, fields))
+    result.records.append(RawRecord(layout.source, line, fields))
 
 
 def _parse_csv(text: str, result: ParsedFile, *, delimiter: str = ",") -> None:
@@ -509,13 +526,27 @@ def _parse_xlsx(path: Path, result: ParsedFile) -> None:
     except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
         raise _FileError(f"cannot open as XLSX: {e}") from e
     try:
-        rows = book.worksheets[0].iter_rows(values_only=True)
-        header = next(rows, None)
-        if header is None:
-            raise _FileError("empty first sheet (no header row)")
-        layout = _header_map(list(header), result)
-        for row_no, row in enumerate(rows, start=2):
-            _row_record([_xlsx_value(c) for c in row], layout, result, row_no)
+        named = len(book.worksheets) > 1
+        read = False
+        unread: list[str] = []
+        for sheet in book.worksheets:
+            source = f"{result.path}[{sheet.title}]" if named else result.path
+            rows = sheet.iter_rows(values_only=True)
+            header = list(next(rows, None) or ())
+            try:
+                layout = _header_map(header, result, source)
+            except _FileError as e:
+                # an empty sheet (a workbook's untouched Sheet2) is no content to report
+                if not all(_is_blank(c) for row in itertools.chain([header], rows) for c in row):
+                    unread.append(f"sheet {sheet.title!r}: {e}" if named else str(e))
+                    result.notes.append(Problem(result.path, None, f"sheet {sheet.title!r} not read: {e}"))
+                continue
+            read = True
+            for row_no, row in enumerate(rows, start=2):
+                _row_record([_xlsx_value(c) for c in row], layout, result, row_no)
+        if not read:
+            prefix = "no sheet has a question column in its header row: " if named else ""
+            raise _FileError(prefix + "; ".join(unread) if unread else "empty workbook (no header row)")
     finally:
         book.close()
 

@@ -98,8 +98,9 @@ class RerankPlanner(Protocol):
         """
         ...
 
-    def plan(self, kb_dir: Path) -> RerankPlan:
-        """The plan for the KB stored in ``kb_dir`` (a KB's own model loads on its first plan).
+    def plan(self, kb_dir: Path, build: Any = None) -> RerankPlan:
+        """The plan for the KB stored in ``kb_dir`` serving ``build`` (a KB's own model loads on its first
+        plan, and serves only a build it covers; None: not checked against a build).
 
         Raises:
             BackendError: the KB's model failed to load.
@@ -110,8 +111,9 @@ class RerankPlanner(Protocol):
         """The same planner using a KB's own model even where its self-check switched it off (eval)."""
         ...
 
-    def describe(self, kb_dir: Path) -> RerankState | None:
-        """Which model serves the KB with which weight, or why none does; None when that is not per KB.
+    def describe(self, kb_dir: Path, build: Any = None) -> RerankState | None:
+        """Which model serves the KB (serving ``build``, as in ``plan``) with which weight, or why none does;
+        None when that is not per KB.
 
         Cheap (no model loads): readiness and the build-info metric call it.
         """

@@ -27,7 +27,8 @@ def make_rerank_planner(settings: Settings) -> RerankPlanner:
     if r.backend == "none":
         return SharedRerankPlanner(None, r.doc)
     if r.backend == "kb":
-        return KbRerankPlanner(r, settings.kb_reranker.max_length, settings.device)
+        return KbRerankPlanner(r, settings.kb_reranker.max_length, settings.device,
+                               retrain_share=settings.kb_reranker.retrain_share)
     limits = {"batch_size": r.batch_size, "max_length": r.max_length, "device": settings.device}
     if r.backend == "qwen3":
         return SharedRerankPlanner(Qwen3Reranker(r.model, r.instruction, **limits), r.doc)

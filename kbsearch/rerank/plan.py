@@ -37,7 +37,7 @@ class SharedRerankPlanner:
         if self.reranker is not None:
             self.reranker.load()
 
-    def plan(self, kb_dir: Path) -> RerankPlan:
+    def plan(self, kb_dir: Path, build: object = None) -> RerankPlan:
         """The one plan."""
         return self._plan
 
@@ -45,6 +45,6 @@ class SharedRerankPlanner:
         """This planner: a shared model has no self-check to override."""
         return self
 
-    def describe(self, kb_dir: Path) -> None:
+    def describe(self, kb_dir: Path, build: object = None) -> None:
         """None: the reranker is not per KB (readiness reports it once)."""
         return None

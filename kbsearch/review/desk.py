@@ -13,7 +13,10 @@ undone. Its state follows from two columns: ``build_id`` (set when a build first
 
 ``publish`` turns the pending changes into ``BuildChanges`` and calls ``publish_changes``: only the new
 rows are embedded, and the build is swapped in atomically. ``overlay`` applies every live decision to
-freshly ingested entries, so the next ``kbsearch ingest``/``rebuild-index`` keeps them.
+freshly ingested entries, so the next ``kbsearch ingest``/``rebuild-index`` keeps them. A rollback can serve
+a build without a published decision's change (made before it was published) or with an undone one's (made
+before its removal): ``after_rollback`` sets each decision's state from the build now served, so the next
+publish re-applies or removes what it lacks or still has.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from kbsearch.errors import BadInputError, NotFoundError
 from kbsearch.index.builder import BuildResult
 from kbsearch.index.incremental import BuildChanges, apply_changes, publish_changes
 from kbsearch.index.lock import kb_writer
-from kbsearch.index.store import load_entries
+from kbsearch.index.store import active_build_id, build_time, load_entries
 from kbsearch.ingest.chunk import chunk_entries
 from kbsearch.questionlog.db import DecisionRecord, utcnow
 from kbsearch.types import Chunk, FaqEntry
@@ -108,6 +111,39 @@ class PublishResult:
     applied: int
     removed: int
     build: BuildResult | None
+
+
+@dataclass(frozen=True)
+class RollbackReview:
+    """What ``after_rollback`` changed: the decisions (ids) whose state it set from build ``build_id``.
+
+    Attributes:
+        pending: Published, but the build lacks their change: the next publish re-applies them.
+        published: Pending, but the build has their change already.
+        undoing: Undone and taken out, but the build still has their change: the next publish removes it.
+        undone: Undone and waiting to be taken out, but the build never had their change.
+    """
+
+    build_id: str
+    pending: list[int]
+    published: list[int]
+    undoing: list[int]
+    undone: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def notes(self) -> list[str]:
+        """One line per kind of change, for the CLI."""
+        lines = [(self.pending, "published decision(s) are not in this build and are pending again"),
+                 (self.published, "pending decision(s) are in this build already: published"),
+                 (self.undoing, "undone decision(s) are still in this build: undoing again"),
+                 (self.undone, "undone decision(s) are not in this build: nothing left to take out")]
+        notes = [f"review: {len(ids)} {what} ({', '.join(map(str, ids))})" for ids, what in lines if ids]
+        if self.pending or self.undoing:
+            notes.append("run `kbsearch review publish` to serve the decisions as they stand")
+        return notes
 
 
 @dataclass(frozen=True)
@@ -316,6 +352,51 @@ class ReviewDesk:
         changes = self._changes([r for r in live if r.faq_id in existing or r.faq_id in drafted], existing, adding=True)
         out_entries, out_chunks, _ = apply_changes(entries, chunks, changes)
         return out_entries, out_chunks, notes
+
+    def after_rollback(self, kb: str) -> RollbackReview:
+        """Set each decision's state of ``kb`` from the build now active, after a rollback moved ACTIVE.
+
+        A decision is in the build when it has its change: the attached question among the FAQ's question and
+        variants, the drafted FAQ's id among the entries. In it, a decision is published (or undoing when
+        undone); not in it, pending (or undone). Reading the build, rather than comparing build ids, also
+        covers decisions a later full ingest marked and rolling forward. An undone decision becomes undoing
+        only in a build made before it was undone: in a later one (an ingest) the change came from the input
+        files, which the next publish must not take out. Holds the KB's writer lock, so the build cannot move
+        meanwhile.
+
+        Raises:
+            NotFoundError: the KB has no active build. IndexCorruptError: its entries are unreadable.
+            KbBusyError: another writer held the KB's lock for the whole wait.
+        """
+        with self._publish_lock, kb_writer(self.settings, kb, "review after rollback"):
+            kb_dir = self.settings.kb_dir(kb)
+            build_id = active_build_id(kb_dir)
+            if build_id is None:
+                raise NotFoundError(f"knowledge base {kb!r} has no active build")
+            entries = {e.id: e for e in load_entries(kb_dir, build_id)}
+            made = build_time(build_id)
+            with Session(self.engine) as conn, conn.begin():
+                rows = conn.execute(select(D.id, D.action, D.faq_id, D.question, D.undone_at, D.build_id)
+                                    .where(D.kb == kb, D.action != "out_of_scope").order_by(D.id)).all()
+                into: list[Any] = []  # in the build but not marked so
+                out: list[Any] = []  # marked so but not in the build
+                for r in rows:
+                    entry = entries.get(r.faq_id)
+                    has = entry is not None and (r.action == "draft" or r.question.strip() in
+                                                 {entry.question.strip(), *(v.strip() for v in entry.variants)})
+                    ours = r.undone_at is None or (made is not None and made < r.undone_at)
+                    if has and ours and r.build_id is None:
+                        into.append(r)
+                    elif not has and r.build_id is not None:
+                        out.append(r)
+                if into:
+                    conn.execute(update(D).where(D.id.in_([r.id for r in into])).values(build_id=build_id))
+                if out:
+                    conn.execute(update(D).where(D.id.in_([r.id for r in out])).values(build_id=None))
+        return RollbackReview(build_id=build_id, pending=[r.id for r in out if r.undone_at is None],
+                              published=[r.id for r in into if r.undone_at is None],
+                              undoing=[r.id for r in into if r.undone_at is not None],
+                              undone=[r.id for r in out if r.undone_at is not None])
 
     def mark_built(self, kb: str, build_id: str) -> None:
         """Record that ``build_id`` (a full ingest with ``overlay``) holds every live decision of ``kb``."""

@@ -2,14 +2,17 @@
 ``/readyz``, closed at shutdown. ``query.QueryEngine`` adds the question path on top.
 
 A server's ``load()`` loads every KB under ``home`` that was ever published, so readiness covers them all
-(not only ``default_kb``, and not only after a first question). ``status()`` never raises and names no
-file-system path: it is what ``/readyz`` and the build metrics show.
+(not only ``default_kb``, and not only after a first question), and ``watch()`` then loads each build and
+each KB published later in the background: a KB is listed by ``/readyz`` once loaded, and no question
+waits for a load. ``status()`` never raises and names no file-system path: it is what ``/readyz`` and
+the build metrics show.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -51,12 +54,15 @@ class EngineParts:
         self.reranker_error: str | None = None
         self.load_seconds: dict[str, float] = {}
         self.loaded = False
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def load(self, kb: str | None = None) -> None:
         """Load the models and the build serving ``kb``, or (None, a server) of every KB under ``home``; idempotent.
 
         A model or a KB that fails to load is recorded, not raised: the service then runs degraded, and
-        ``status()`` says why. KBs published later load on their first question.
+        ``status()`` says why. KBs published later load on their first question, or earlier in a server
+        (``watch()``).
         """
         if self.loaded:
             return
@@ -81,6 +87,38 @@ class EngineParts:
             except (IndexCorruptError, BadInputError) as exc:
                 log.error("knowledge base %r cannot be served: %s", name, exc)
         self.loaded = True
+
+    def refresh(self) -> list[str]:
+        """Load what was published since: a KB's new build, a new KB. Returns the KBs whose build changed.
+
+        Never raises: a build that does not load is recorded by the build cache (``status()`` says why).
+        """
+        before = {name: b.build_id for name, b in self.builds.loaded().items()}
+        for name in knowledge_bases(self.settings.home):
+            try:
+                self.builds.get(name)
+            except (NotFoundError, IndexCorruptError, BadInputError) as exc:
+                log.debug("knowledge base %r not loaded: %s", name, exc)
+        return [name for name, b in self.builds.loaded().items() if before.get(name) != b.build_id]
+
+    def watch(self) -> None:
+        """Run ``refresh()`` every ``index.watch_interval_s`` in a daemon thread until ``close()`` (a server)."""
+        interval = self.settings.index.watch_interval_s
+        if interval <= 0 or self._watcher is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop_watching.wait(interval):
+                try:
+                    changed = self.refresh()
+                except Exception:  # the watcher must outlive any surprise; the next round tries again
+                    log.exception("looking for new builds failed")
+                    continue
+                if changed:
+                    log.info("loaded new builds of %s", changed)
+
+        self._watcher = threading.Thread(target=loop, name="kbsearch-build-watcher", daemon=True)
+        self._watcher.start()
 
     def active_build(self, kb: str) -> Build:
         """``kb``'s active build, for commands that must not work on another one (``ask``, ``calibrate``, ``eval``).
@@ -123,7 +161,7 @@ class EngineParts:
             "vector": b.vector_error or "ok", "bm25": b.bm25_error or "ok", "fallback": None,
             "reranker_state": self.planner.model_id}
         try:
-            state = self.planner.describe(self.builds.kb_dir(name))
+            state = self.planner.describe(self.builds.kb_dir(name), b)
         except Exception as exc:  # readiness must answer whatever a reranker folder holds; the bug is logged
             log.exception("describing the reranker of %r failed", name)
             out["reranker"] = out["reranker_state"] = f"unreadable ({type(exc).__name__})"
@@ -134,5 +172,8 @@ class EngineParts:
         return out
 
     def close(self) -> None:
-        """Release the worker threads."""
+        """Stop the watcher and release the worker threads."""
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self.vector.close()

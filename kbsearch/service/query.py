@@ -134,7 +134,7 @@ class QueryEngine(EngineParts):
         if not cands:
             return cands, mode, "none"
         try:
-            plan = self.planner.plan(self.builds.kb_dir(kb))
+            plan = self.planner.plan(self.builds.kb_dir(kb), build)
             if plan.reranker is None:
                 trace.notes.append(f"reranker: {plan.why} (stage skipped; {mode} score decides)")
                 return cands, mode, "none"
