@@ -50,7 +50,7 @@ CORRUPTIONS = {  # what breaks the newest build, or its pointer (then the newest
     "truncated manifest": lambda b, kb: _truncate(b / "manifest.json"),
     "truncated entries": lambda b, kb: _truncate(b / "entries.jsonl"),
     "vectors and BM25 broken": lambda b, kb: ((b / "vectors.faiss").write_bytes(b"\0" * 64),
-                                              (b / "bm25.json").write_text("{", encoding="utf-8")),
+                                              (b / "bm25.bin").write_text("{", encoding="utf-8")),
     "empty ACTIVE": lambda b, kb: (kb / "ACTIVE").write_text("", encoding="utf-8"),
     "ACTIVE names a deleted build": lambda b, kb: (kb / "ACTIVE").write_text("20990101T000000Z-000000\n"),
 }

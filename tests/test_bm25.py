@@ -81,11 +81,54 @@ def test_search_also_returns_every_rows_normalised_score(query):
 
 def test_save_load_roundtrip_and_corruption(tmp_path):
     index = BM25Index.build(DOCS)
-    index.save(tmp_path / "bm25.json")
-    again = BM25Index.load(tmp_path / "bm25.json")
-    np.testing.assert_allclose(index.scores("退货")[0], again.scores("退货")[0])
+    index.save(tmp_path / "bm25.bin")
+    again = BM25Index.load(tmp_path / "bm25.bin")
+    assert isinstance(again._weights, np.memmap) and isinstance(again._rows, np.memmap)  # mapped, not read
+    for q in ("退货", "how to return an item", "量子力学"):
+        np.testing.assert_array_equal(index.scores(q)[0], again.scores(q)[0])
+        assert index.scores(q)[1] == again.scores(q)[1]
+    raw = (tmp_path / "bm25.bin").read_bytes()
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(IndexCorruptError):
-        BM25Index.load(tmp_path / "bad.json")
-    with pytest.raises(IndexCorruptError):
-        BM25Index.load(tmp_path / "missing.json")
+    (tmp_path / "torn.bin").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "header.bin").write_bytes(raw[:12])
+    for name in ("bad.json", "torn.bin", "header.bin", "missing.bin"):
+        with pytest.raises(IndexCorruptError):
+            BM25Index.load(tmp_path / name)
+
+
+def test_a_format_1_file_of_an_earlier_release_still_loads(tmp_path):
+    """Builds of earlier releases stored the tokenised rows as JSON: the same scores come from them."""
+    import json
+
+    tok = [char_tokens(d) for d in DOCS]
+    (tmp_path / "bm25.json").write_text(json.dumps({"format": 1, "tokenizer": "char", "k1": 1.5, "b": 0.75, "docs": tok}),
+                                        encoding="utf-8")
+    old = BM25Index.load(tmp_path / "bm25.json")
+    np.testing.assert_array_equal(old.scores("退货运费")[0], BM25Index.build(DOCS).scores("退货运费")[0])
+
+
+def _corpus(n: int, seed: int) -> list[list[str]]:
+    """Rows of 0-30 tokens from a skewed vocabulary (some terms in most rows: negative idfs), repeats included."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"t{i}" for i in range(400)] + ["退", "货", "退货", "the", "a"]
+    p = np.array([1.0 / (i + 1) for i in range(len(vocab))])
+    p /= p.sum()
+    return [list(rng.choice(vocab, size=rng.integers(0, 31), p=p)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scores_equal_rank_bm25_on_a_larger_corpus(seed):
+    """The differential test against rank-bm25 itself (the previous implementation): every row's score on
+    queries with repeated, common (negative-idf), rare and unknown terms, and empty rows in the corpus."""
+    from rank_bm25 import BM25Okapi
+
+    docs = _corpus(3000, seed)
+    ours = BM25Index.from_tokens(docs)
+    theirs = BM25Okapi([d or ["\x00"] for d in docs], k1=1.5, b=0.75)
+    rng = np.random.default_rng(seed + 100)
+    queries = [list(rng.choice(sum(docs[:50], []), size=int(rng.integers(1, 12)))) for _ in range(20)]
+    queries += [["t0", "t0", "t1"], ["unknown", "t399"], ["退货", "退", "货"]]
+    for q in queries:
+        raw, bound = ours._scores_of_terms(q)
+        np.testing.assert_allclose(raw, theirs.get_scores(q), rtol=2e-6, atol=1e-5)
+        assert bound == pytest.approx(sum(max(theirs.idf.get(t, 0.0), 0.0) for t in q) * 2.5, rel=1e-9)

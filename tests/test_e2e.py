@@ -139,7 +139,7 @@ def test_model_that_fails_then_bm25_that_fails(ingested_home, tmp_path):
         assert any("embedder not loaded" in n for n in body["notes"])
         broken = build.parent / "broken"
         shutil.copytree(build, broken)
-        (broken / "bm25.json").write_text("{", encoding="utf-8")
+        (broken / "bm25.bin").write_text("{", encoding="utf-8")
         (build.parent.parent / "ACTIVE").write_text("broken\n", encoding="utf-8")
         status, body = post(base + "/ask", {"question": "怎么取消订单"})
         assert status == 200 and body["mode"] == "canned" and body["index_version"] == "broken"

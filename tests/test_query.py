@@ -140,7 +140,7 @@ def test_an_embedder_bug_is_not_a_fallback_but_the_canned_handoff(settings, buil
 
 
 def test_both_paths_broken_gives_canned_handoff(settings, built, make_engine):
-    (built.path / "bm25.json").write_text("{", encoding="utf-8")
+    (built.path / "bm25.bin").write_text("{", encoding="utf-8")
     a = make_engine(settings, embedder=Broken("raise")).ask("怎么退货")
     assert a.mode == "canned" and a.degraded and not a.answered and a.hits == ()
     assert a.handoff.message == "正在为您转接人工客服，请稍候" and a.handoff.code == HandoffReason.BACKEND_FAILURE
@@ -152,7 +152,7 @@ def test_both_paths_broken_gives_canned_handoff(settings, built, make_engine):
 
 @pytest.mark.parametrize("stage", ["fused", "hybrid"])
 def test_a_fusion_whose_bm25_fails_ranks_by_the_vector_side(settings, built, make_engine, stage):
-    (built.path / "bm25.json").write_text("{", encoding="utf-8")
+    (built.path / "bm25.bin").write_text("{", encoding="utf-8")
     a = make_engine(settings.updated(retrieve={"first_stage": stage})).ask("如何申请退货？")
     assert a.answered and a.hits[0].entry.id == "ret-1" and a.mode == "vector" and a.degraded
     assert [c for c, _ in a.trace.fallbacks] == [FallbackCause.BM25_MISSING] and a.hits[0].scores.bm25 is None

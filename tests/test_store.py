@@ -46,7 +46,7 @@ def test_write_activate_and_load(tmp_path):
     manifest = json.loads((kb / "builds" / "b1" / "manifest.json").read_text())
     assert manifest["counts"] == {"entries": 4, "chunks": 4, "rows": len(build.rows)}
     assert manifest["dimension"] == 8 and manifest["model_id"] == "test" and set(manifest["checksums"]) >= {
-        "vectors.faiss", "bm25.json", "entries.jsonl"}
+        "vectors.faiss", "bm25.bin", "entries.jsonl"}
     assert bid == build.build_id and set(build.entries) == {"ret-1", "pay-1", "en-ship", "en-pw"}
     assert build.vectors is not None and build.bm25 is not None
 
@@ -177,9 +177,9 @@ def test_corrupt_build_messages_name_no_paths(tmp_path):
     kb = tmp_path / "shop"
     _write(kb, "b1")
     (kb / "builds" / "b1" / "vectors.faiss").write_bytes(b"garbage")
-    (kb / "builds" / "b1" / "bm25.json").unlink()
+    (kb / "builds" / "b1" / "bm25.bin").unlink()
     build = load_build(kb)
-    assert "vectors.faiss fails its checksum" in build.vector_error and "bm25.json is missing" in build.bm25_error
+    assert "vectors.faiss fails its checksum" in build.vector_error and "bm25.bin is missing" in build.bm25_error
     (kb / "builds" / "b1" / "manifest.json").write_text('{"build_id": "b1", "dimen')  # truncated
     with pytest.raises(IndexCorruptError, match="b1: its manifest is not valid JSON") as exc:
         load_build(kb)

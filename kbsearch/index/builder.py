@@ -187,8 +187,8 @@ def publish_rows(
         "embedder": embedder.describe(),
         "model_id": embedder.model_id,
         "row_prompts": row_prompts(settings),
-        "bm25": {"library": "rank-bm25", "variant": "BM25Okapi", "tokenizer": BM25_TOKENIZER,
-                 "k1": bm25.k1, "b": bm25.b},
+        "bm25": {"library": "kbsearch.lexical.bm25 (inverted index; rank-bm25's scores)", "variant": "BM25Okapi",
+                 "tokenizer": BM25_TOKENIZER, "k1": bm25.k1, "b": bm25.b},
     }
     kb_dir = settings.kb_dir(kb)
     build_id = write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25,

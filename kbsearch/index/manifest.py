@@ -18,7 +18,9 @@ FORMAT = 2
 """Manifest format written by this release (1 = the untyped manifests before ``vector_index.backend``)."""
 
 ENTRY_FILES = ("entries.jsonl", "chunks.jsonl", "rows.jsonl")
-BM25_FILE = "bm25.json"
+BM25_FILE = "bm25.bin"
+"""The BM25 file of this release's builds; earlier builds recorded no ``bm25.file`` and hold ``bm25.json``."""
+LEGACY_BM25_FILE = "bm25.json"
 REPORT_FILE = "report.json"
 
 
@@ -66,9 +68,14 @@ class IndexManifest:
     format: int = FORMAT
 
     @property
+    def bm25_file(self) -> str:
+        """The build's BM25 file (``bm25.file``; builds of earlier releases: ``LEGACY_BM25_FILE``)."""
+        return str(self.bm25.get("file") or LEGACY_BM25_FILE)
+
+    @property
     def data_files(self) -> tuple[str, ...]:
         """Every file the checksums cover."""
-        return (*ENTRY_FILES, self.vector_index.file, BM25_FILE, REPORT_FILE)
+        return (*ENTRY_FILES, self.vector_index.file, self.bm25_file, REPORT_FILE)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""

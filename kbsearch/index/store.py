@@ -6,7 +6,7 @@ Layout under ``Settings.home``::
     <kb>/.lock                     the writer lock (``kbsearch.index.lock``): one writer per KB
     <kb>/builds/<build_id>/        one immutable directory per build:
         manifest.json              model, dimension, prompts, vector backend, counts, sha256 of every file
-        entries.jsonl chunks.jsonl rows.jsonl vectors.faiss (or .npy) bm25.json report.json
+        entries.jsonl chunks.jsonl rows.jsonl vectors.faiss (or .npy) bm25.bin report.json
 
 A build is written into ``builds/.tmp-<id>``, fsynced, and renamed into place only when complete, then
 ACTIVE is swapped (a fsynced temp pointer renamed over it, then the KB folder fsynced). A crash at any
@@ -182,6 +182,7 @@ def _write_complete(kb_dir: Path, build_id: str, entries: list[FaqEntry], chunks
         info = VectorIndexInfo(backend=vectors.backend, file=VECTOR_FILES[vectors.backend])
         vectors.save(tmp / info.file)
         bm25.save(tmp / BM25_FILE)
+        manifest = {**manifest, "bm25": {**dict(manifest.get("bm25") or {}), "file": BM25_FILE}}
         (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
         full = IndexManifest(
             build_id=build_id, kb=kb_dir.name,
@@ -349,7 +350,7 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") 
     vi = manifest.vector_index
     vectors, vector_error = _load_part(lambda: load_vector_index(vi.backend, _verified(path, vi.file, manifest),
                                                                  device=device))
-    bm25, bm25_error = _load_part(lambda: BM25Index.load(_verified(path, BM25_FILE, manifest)))
+    bm25, bm25_error = _load_part(lambda: BM25Index.load(_verified(path, manifest.bm25_file, manifest)))
     for name, idx in (("vector", vectors), ("bm25", bm25)):
         if idx is not None and len(idx) != len(rows):
             raise IndexCorruptError(f"build {build_id}: {name} index has {len(idx)} rows, rows.jsonl {len(rows)}")
