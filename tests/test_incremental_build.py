@@ -224,3 +224,35 @@ def test_rebuild_after_publish_keeps_the_ingest_report_flat(settings):
     report = _report(load_build(settings.kb_dir("default")))
     assert report["rebuilt_from"] == published.build_id and report["ingest_report"]["kept"] == 4
     assert (rebuilt.embedded, rebuilt.reused) == (rebuilt.rows, 0)
+
+
+def test_embed_rows_hands_the_model_large_calls_and_keeps_each_rows_vector():
+    """Ingest hands the embedder EMBED_CALL_ROWS rows per call (it sorts them by length itself), queries and
+    documents apart, and every row gets the vector of its own text with its own prompt."""
+    from kbsearch.embed.fake import HashEmbedder
+    from kbsearch.index.builder import EMBED_CALL_ROWS, embed_rows
+    from kbsearch.types import IndexRow
+
+    calls: list[tuple[str, int]] = []
+
+    class Recording(HashEmbedder):
+        def embed_queries(self, texts):
+            calls.append(("query", len(texts)))
+            return super().embed_queries(texts)
+
+        def embed_documents(self, texts):
+            calls.append(("document", len(texts)))
+            return super().embed_documents(texts)
+
+    n = 2 * EMBED_CALL_ROWS
+    rows = [IndexRow(faq_id=f"f{i}", kind="chunk" if i % 3 == 0 else "variant", text=f"text {i} " * (i % 7 + 1))
+            for i in range(n)]
+    emb = Recording(dim=32)
+    emb.load()
+    vectors = embed_rows(emb, rows, batch_size=32)
+    queries, docs = sum(r.kind != "chunk" for r in rows), sum(r.kind == "chunk" for r in rows)
+    assert calls == [("query", EMBED_CALL_ROWS), ("query", queries - EMBED_CALL_ROWS), ("document", docs)]
+    for i in (0, 1, n - 1):
+        own = (emb.embed_documents if rows[i].kind == "chunk" else emb.embed_queries)([rows[i].text])[0]
+        calls.pop()
+        assert (vectors[i] == own).all()
