@@ -113,6 +113,9 @@ class RetrieveSettings(_Group):
     bm25_top_k: int = Field(50, ge=1, le=1000, description="Rows taken from BM25.")
     vector_timeout_s: float = Field(5.0, gt=0, description="Question embedding + vector search slower than this falls back to BM25.")
     workers: int = Field(4, ge=1, le=256, description="Threads that run question embedding + vector search (each under the timeout).")
+    question_batch: int = Field(
+        32, ge=1, le=1024, description="Most questions embedded together: questions asked at the same time share one "
+        "forward pass (one model call at a time; no batch window, so a lone question is embedded at once). 1 = each alone.")
     vector_queue_timeout_s: float = Field(
         1.0, gt=0, le=600, description="Longest a question waits for a free vector worker (all busy: a slow or hung "
         "model) before BM25 answers it; vector_timeout_s counts from when a worker starts on it.")

@@ -1,6 +1,7 @@
 """The vector first stage: embed the question, search the vector index, one candidate per FAQ.
 
-Embedding and search run in a worker thread under ``retrieve.vector_timeout_s``; a timeout, a model
+Embedding and search run in a worker thread under ``retrieve.vector_timeout_s``, the question embedded
+together with the others asked at the same time (``batching.QuestionBatcher``); a timeout, a model
 error or a missing, corrupt or mismatched index raises ``BackendError`` with its cause, and the query
 path falls back to BM25. The worker's timings are recorded by the asking thread.
 """
@@ -21,6 +22,7 @@ from kbsearch.config import RetrieveSettings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, KbsearchError, cause_of
 from kbsearch.retrieve.base import Query, Retrieval
+from kbsearch.retrieve.batching import QuestionBatcher
 from kbsearch.retrieve.candidates import candidates_of
 from kbsearch.types import Candidate
 
@@ -43,6 +45,7 @@ class VectorSearch:
         self.embedder = embedder
         self.error: str | None = None  # why the embedder is not loaded, when it is not
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kbsearch-vector")
+        self._batcher = QuestionBatcher(embedder.embed_queries, settings.question_batch)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
 
     def search(self, query: Query, build: Build, trace: Trace) -> tuple[list[Candidate], np.ndarray, int]:
@@ -64,7 +67,7 @@ class VectorSearch:
 
         def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             t = time.perf_counter()
-            q = self.embedder.embed_queries([query.text]) if query.vector is None else query.vector.reshape(1, -1)
+            q = (self._batcher.embed(query.text) if query.vector is None else query.vector).reshape(1, -1)
             times["embed"] = (time.perf_counter() - t) * 1000
             phase[0] = "vector"
             t = time.perf_counter()
@@ -122,8 +125,9 @@ class VectorSearch:
         return BackendError(str(exc), cause)
 
     def close(self) -> None:
-        """Release the worker threads."""
+        """Release the worker threads and the model thread."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close()
 
 
 class CircuitBreaker:
