@@ -36,11 +36,12 @@ class Level:
     ok_ms: list[float] = field(default_factory=list)
     health_ms: list[float] = field(default_factory=list)
     degraded: int = 0
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)  # each 200's timings_ms, by stage
     refused_without_retry_after: int = 0
     errors: list[str] = field(default_factory=list)
 
 
-def drive(base: str, clients: int, seconds: float) -> Level:
+def drive(base: str, clients: int, seconds: float, questions: list[str] = QUESTIONS, kb: str | None = None) -> Level:
     """``clients`` threads ask ``base/ask`` one question at a time for ``seconds`` while one probes ``/healthz``.
 
     A client told 429 waits a random share of its ``Retry-After`` before asking again. A request that fails
@@ -50,6 +51,8 @@ def drive(base: str, clients: int, seconds: float) -> Level:
         base: The server's base URL.
         clients: Concurrent clients.
         seconds: How long the level lasts.
+        questions: What they ask (each picks at random).
+        kb: The knowledge base asked (None: the server's default).
 
     Returns:
         The statuses, the latencies of the 200s and of the probes, and the failures.
@@ -64,7 +67,7 @@ def drive(base: str, clients: int, seconds: float) -> Level:
             while time.monotonic() < stop:
                 t = time.perf_counter()
                 try:
-                    r = http.post(base + "/ask", json={"question": rng.choice(QUESTIONS)})
+                    r = http.post(base + "/ask", json={"question": rng.choice(questions), **({"kb": kb} if kb else {})})
                 except httpx.HTTPError as exc:
                     with lock:
                         level.errors.append(f"/ask: {type(exc).__name__}: {exc}")
@@ -74,7 +77,10 @@ def drive(base: str, clients: int, seconds: float) -> Level:
                     level.statuses[r.status_code] += 1
                     if r.status_code == 200:
                         level.ok_ms.append(ms)
-                        level.degraded += r.json()["degraded"]
+                        body = r.json()
+                        level.degraded += body["degraded"]
+                        for stage, stage_ms in body.get("timings_ms", {}).items():
+                            level.stages_ms.setdefault(stage, []).append(stage_ms)
                     elif r.status_code == 429 and "retry-after" not in r.headers:
                         level.refused_without_retry_after += 1
                 if r.status_code == 429:
