@@ -90,12 +90,15 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         result.report.add_stage(stage, seconds)
     reranker = _request_training(settings, kb, entries)
     summary = {"kb": kb, "build_id": built.build_id, "path": str(built.path), "rows": built.rows,
-               "report": result.report.to_json(), "kb_reranker": reranker}
+               "report": result.report.to_json(), "kb_reranker": reranker,
+               "vector_index": built.vector_index.to_json() if built.vector_index else None}
     if args.json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
         times = ", ".join(f"{k} {v:.1f}s" for k, v in built.seconds.items())
         print(f"built {built.build_id} for kb {kb!r}: {built.rows} index rows ({times})")
+        if built.vector_index is not None:
+            print(f"vector index: {built.vector_index.reason}")
         print(f"report saved to {built.path / 'report.json'}")
     return 0
 

@@ -79,8 +79,27 @@ class IndexSettings(_Group):
     """Builds on disk and the vector index backend (``kbsearch.index``)."""
 
     backend: Literal["faiss", "numpy"] = Field(
-        "faiss", description="Vector index of new builds: faiss (exact inner product, on the GPU when one is present) "
-        "or numpy (brute force, the oracle). A build records its backend and is always loaded with it.")
+        "faiss", description="Vector index of new builds: faiss (inner product: exact, on the GPU when one is present, "
+        "or HNSW above approximate_above_rows) or numpy (brute force, the oracle). A build records its backend and "
+        "is always loaded with it.")
+    approximate_above_rows: int = Field(
+        200_000, ge=1, description="faiss builds with more rows than this get an approximate HNSW index instead of the "
+        "exact flat one (chosen at build time, recorded in the manifest). 200,000 is where exact search costs as much "
+        "as embedding the question (~25 ms): bench/index_by_size.py (384 dims, k=50, one query at a time, 1 faiss "
+        "thread, 2 shared cores) measured flat p95 0.7 / 5.8 / 15.5 / 25.2 ms at 10k / 50k / 100k / 200k rows against "
+        "HNSW's 0.2 / 0.3 / 0.3 / 0.4 ms at recall@50 >= 0.9996, for builds 2 / 8 / 19 / 51 s longer (flat: under "
+        "0.2 s) and 18% larger. Set it above your largest KB to keep exact search (a GPU searches flat builds only).")
+    approximate_min_recall: float = Field(
+        0.99, gt=0, le=1, description="Recall@50 an HNSW build must reach against exact search (200 of its own rows as "
+        "queries); below it efSearch is doubled up to 1024, then the build falls back to the flat index. The build "
+        "report (report.json, vector_index) says which and what was measured.")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW: neighbours per node (M). More: better recall, more memory "
+                        "(about 8*M bytes per row on top of the vectors: +18% at M=32 and 384 dimensions) and a "
+                        "slower build.")
+    hnsw_ef_construction: int = Field(64, ge=8, le=4096, description="HNSW: candidates kept while inserting a row "
+                                      "(efConstruction). More: a better graph for a slower build.")
+    hnsw_ef_search: int = Field(128, ge=1, le=4096, description="HNSW: candidates kept per search (efSearch) to start "
+                                "with; the build's recall check raises it when needed, and the build keeps the value.")
     keep_builds: int = Field(3, ge=1, description="Builds kept per KB after a swap (older ones are deleted).")
     lock_timeout_s: float = Field(60.0, ge=0, le=86400, description="How long a writer (ingest, rebuild-index, publish, "
                                   "rollback, calibrate) waits for another writer of the same KB before failing "

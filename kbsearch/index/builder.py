@@ -1,5 +1,9 @@
 """Turn ingested entries into a served build: index rows -> embeddings -> FAISS + BM25 -> store.
 
+The vector index's kind follows the build's size (``factory.build_index_by_size``: exact flat, or HNSW
+above ``IndexSettings.approximate_above_rows`` once its recall check passes); the build report
+(``report.json``) and ``BuildResult.vector_index`` say which and why, the manifest records it.
+
 Used by ``kbsearch ingest`` (after the ingest pipeline) and ``kbsearch rebuild-index`` (which re-embeds
 the entries stored in the active build, e.g. after a model change); ``kbsearch.index.incremental`` shares
 the last steps (``publish_rows``) to publish operator decisions without re-embedding what is unchanged.
@@ -9,6 +13,7 @@ Either way the new build is activated only once it is complete on disk.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,12 +25,15 @@ import numpy as np
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BadInputError
-from kbsearch.index.factory import build_vector_index
+from kbsearch.index.base import FLAT
+from kbsearch.index.factory import IndexChoice, build_index_by_size
 from kbsearch.index.lock import kb_writer
 from kbsearch.index.manifest import REPORT_FILE
 from kbsearch.index.store import Build, load_build, write_build
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
+
+log = logging.getLogger(__name__)
 
 BM25_TOKENIZER = "char"
 
@@ -105,6 +113,7 @@ class BuildResult:
         rows: Rows in the build.
         embedded: Rows embedded for this build.
         reused: Rows whose vectors were taken from the previous build (incremental builds).
+        vector_index: Which kind of vector index the build got, why, and its recall check (also in report.json).
     """
 
     build_id: str
@@ -113,6 +122,7 @@ class BuildResult:
     rows: int
     embedded: int = 0
     reused: int = 0
+    vector_index: IndexChoice | None = None
 
 
 def build_index(
@@ -176,21 +186,26 @@ def publish_rows(
     The last steps of every build, full or incremental.
 
     Args:
-        settings: The ``index`` group (backend, builds kept) and ``embed.question_rows_as`` (recorded).
+        settings: The ``index`` group (backend, index kind by size, builds kept) and ``embed.question_rows_as``
+            (recorded).
         kb: Knowledge-base name.
         entries, chunks, rows: What the build serves; ``rows[i]`` is ``vectors[i]``.
         vectors: ``(len(rows), dim)`` L2-normalised float32.
         embedder: The embedder the vectors were made with (its ``describe()`` goes into the manifest).
-        report: The report to store with the build; ``build_seconds`` is added to it.
+        report: The report to store with the build; ``vector_index`` (``IndexChoice``) and ``build_seconds`` are
+            added to it.
         seconds: Stage times so far; ``index`` and ``write`` are added (in place).
         reused: How many of the vectors came from a previous build (the rest were embedded).
     """
     t0 = time.perf_counter()
-    index = build_vector_index(settings.index.backend, vectors, device="cpu")  # saved here; a service may load it on a GPU
+    index, choice = build_index_by_size(settings.index, vectors)  # on the CPU; a service may load a flat one on a GPU
+    log.log(logging.WARNING if choice.kind == FLAT and choice.recall_check else logging.INFO,
+            "vector index of kb %r: %s", kb, choice.reason)
     bm25 = BM25Index.build([r.text for r in rows], tokenizer=BM25_TOKENIZER)
     t1 = time.perf_counter()
     seconds["index"] = t1 - t0
-    report = {**report, "build_seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    report = {**report, "vector_index": choice.to_json(),
+              "build_seconds": {k: round(v, 3) for k, v in seconds.items()}}
     manifest = {
         "embedder": embedder.describe(),
         "model_id": embedder.model_id,
@@ -200,10 +215,11 @@ def publish_rows(
     }
     kb_dir = settings.kb_dir(kb)
     build_id = write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25,
-                           report=report, manifest=manifest, keep=settings.index.keep_builds)
+                           report=report, manifest=manifest, keep=settings.index.keep_builds,
+                           recall_check=choice.recall_check)
     seconds["write"] = time.perf_counter() - t1
     return BuildResult(build_id=build_id, path=kb_dir / "builds" / build_id, seconds=seconds, rows=len(rows),
-                       embedded=len(rows) - reused, reused=reused)
+                       embedded=len(rows) - reused, reused=reused, vector_index=choice)
 
 
 def ingest_report_of(build: Build) -> dict[str, Any] | None:

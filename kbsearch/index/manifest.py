@@ -1,8 +1,9 @@
 """``IndexManifest``: what a build directory holds and how it was made, as a typed value.
 
-Written as ``manifest.json`` into every build (model id, dimension, prompts, vector backend, counts,
-sha256 of every data file). ``from_json`` also reads manifests of earlier releases, which had no
-``format`` and recorded the FAISS index as ``{"type": "faiss.IndexFlatIP", ...}``.
+Written as ``manifest.json`` into every build (model id, dimension, prompts, vector backend and index kind,
+counts, sha256 of every data file). ``from_json`` also reads manifests of earlier releases, which had no
+``format`` and recorded the FAISS index as ``{"type": "faiss.IndexFlatIP", ...}``, or had no
+``vector_index.kind`` (every build before HNSW was flat).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbsearch.errors import IndexCorruptError
+from kbsearch.index.base import FLAT, RecallCheck
 from kbsearch.index.factory import VECTOR_FILES
 
 FORMAT = 2
@@ -26,12 +28,26 @@ REPORT_FILE = "report.json"
 
 @dataclass(frozen=True)
 class VectorIndexInfo:
-    """Which vector index backend wrote the build, and into which file."""
+    """Which vector index backend wrote the build, into which file, and which kind of index it is.
+
+    Attributes:
+        backend: ``faiss`` or ``numpy``.
+        file: The index file in the build directory.
+        metric: Always ``inner_product`` (cosine over normalised vectors).
+        normalised: Whether the vectors are L2-normalised.
+        kind: ``flat`` (exact) or ``hnsw`` (approximate), chosen by the build's size.
+        params: The kind's parameters (HNSW: ``m``, ``ef_construction``, ``ef_search``).
+        recall_check: The build-time check of an approximate index against exact search (also present on a
+            flat build that fell back from HNSW); None when no approximate index was tried.
+    """
 
     backend: str = "faiss"
     file: str = VECTOR_FILES["faiss"]
     metric: str = "inner_product"
     normalised: bool = True
+    kind: str = FLAT
+    params: dict[str, int] = field(default_factory=dict)
+    recall_check: RecallCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +107,12 @@ class IndexManifest:
         try:
             vi = dict(d.get("vector_index") or {})
             backend = vi.get("backend") or "faiss"  # format 1 wrote FAISS only
+            check = vi.get("recall_check")
             info = VectorIndexInfo(backend=backend, file=vi.get("file") or VECTOR_FILES.get(backend, ""),
-                                   metric=vi.get("metric", "inner_product"), normalised=bool(vi.get("normalised", True)))
+                                   metric=vi.get("metric", "inner_product"), normalised=bool(vi.get("normalised", True)),
+                                   kind=str(vi.get("kind") or FLAT),  # builds before HNSW were all flat
+                                   params={str(k): int(v) for k, v in dict(vi.get("params") or {}).items()},
+                                   recall_check=None if check is None else RecallCheck.from_json(dict(check)))
             return cls(build_id=str(d["build_id"]), kb=str(d.get("kb", "")), created_at=str(d.get("created_at", "")),
                        dimension=int(d["dimension"]), counts={k: int(v) for k, v in dict(d["counts"]).items()},
                        checksums={str(k): str(v) for k, v in dict(d["checksums"]).items()},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kbsearch.errors import BadInputError, IndexCorruptError
-from kbsearch.index.base import check_queries, check_vectors
+from kbsearch.index.base import FLAT, check_queries, check_vectors
 
 
 class NumpyIndex:
@@ -22,6 +22,7 @@ class NumpyIndex:
     """
 
     backend = "numpy"
+    kind = FLAT
 
     def __init__(self, vectors: np.ndarray):
         self._v = check_vectors(vectors)
@@ -34,6 +35,10 @@ class NumpyIndex:
 
     def __len__(self) -> int:
         return self._v.shape[0]
+
+    def params(self) -> dict[str, int]:
+        """See :class:`~kbsearch.index.base.VectorIndex` (a flat index has none)."""
+        return {}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`~kbsearch.index.base.VectorIndex`."""

@@ -5,7 +5,7 @@ Layout under ``Settings.home``::
     <kb>/ACTIVE                    the active build id (replaced atomically with os.replace)
     <kb>/.lock                     the writer lock (``kbsearch.index.lock``): one writer per KB
     <kb>/builds/<build_id>/        one immutable directory per build:
-        manifest.json              model, dimension, prompts, vector backend, counts, sha256 of every file
+        manifest.json              model, dimension, prompts, vector backend and index kind, counts, sha256 of every file
         entries.jsonl chunks.jsonl rows.jsonl vectors.faiss (or .npy) bm25.bin report.json
 
 A build is written into ``builds/.tmp-<id>``, fsynced, and renamed into place only when complete, then
@@ -33,7 +33,7 @@ from kbsearch.checksum import sha256_file
 from kbsearch.codes import FallbackCause
 from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
-from kbsearch.index.base import VectorIndex
+from kbsearch.index.base import RecallCheck, VectorIndex
 from kbsearch.index.durable import fsync_path, fsync_tree, write_text_atomic
 from kbsearch.index.factory import VECTOR_FILES, load_vector_index
 from kbsearch.index.lock import writer_lock
@@ -140,6 +140,7 @@ def write_build(
     manifest: dict[str, Any],
     keep: int = 3,
     build_id: str | None = None,
+    recall_check: RecallCheck | None = None,
 ) -> str:
     """Write a complete build, activate it, prune old builds, and return its id (holding the KB's writer lock).
 
@@ -151,9 +152,12 @@ def write_build(
         vectors, bm25: The indexes over ``rows``.
         report: The ingest report (saved as report.json).
         manifest: ``IndexManifest`` fields describing how the build was made (``embedder``, ``model_id``,
-            ``row_prompts``, ``bm25``); the id, counts, vector backend and checksums are added here.
+            ``row_prompts``, ``bm25``); the id, counts, vector backend, index kind and parameters, and checksums
+            are added here.
         keep: How many builds to keep after the swap (the active one always stays).
         build_id: Explicit id (tests); default a new timestamped id.
+        recall_check: The recall check of an approximate ``vectors`` (or of the one it fell back from), recorded
+            in the manifest's ``vector_index``.
 
     Raises:
         KbBusyError: another writer holds the KB's lock.
@@ -162,14 +166,15 @@ def write_build(
         raise ValueError(f"rows ({len(rows)}), vectors ({len(vectors)}) and bm25 ({len(bm25)}) disagree")
     build_id = build_id or new_build_id()
     with writer_lock(kb_dir, "write a build", create=True):
-        _write_complete(kb_dir, build_id, entries, chunks, rows, vectors, bm25, report, manifest)
+        _write_complete(kb_dir, build_id, entries, chunks, rows, vectors, bm25, report, manifest, recall_check)
         swap_active(kb_dir, build_id)
         prune_builds(kb_dir, keep)
     return build_id
 
 
 def _write_complete(kb_dir: Path, build_id: str, entries: list[FaqEntry], chunks: list[Chunk], rows: list[IndexRow],
-                    vectors: VectorIndex, bm25: BM25Index, report: dict[str, Any], manifest: dict[str, Any]) -> None:
+                    vectors: VectorIndex, bm25: BM25Index, report: dict[str, Any], manifest: dict[str, Any],
+                    recall_check: RecallCheck | None) -> None:
     """Write the build into ``builds/.tmp-<id>``, fsync it, and rename it to ``builds/<id>`` (see ``write_build``)."""
     builds = kb_dir / "builds"
     builds.mkdir(parents=True, exist_ok=True)
@@ -179,16 +184,17 @@ def _write_complete(kb_dir: Path, build_id: str, entries: list[FaqEntry], chunks
         _write_jsonl(tmp / "entries.jsonl", [e.to_json() for e in entries])
         _write_jsonl(tmp / "chunks.jsonl", [c.to_json() for c in chunks])
         _write_jsonl(tmp / "rows.jsonl", [r.to_json() for r in rows])
-        info = VectorIndexInfo(backend=vectors.backend, file=VECTOR_FILES[vectors.backend])
+        info = VectorIndexInfo(backend=vectors.backend, file=VECTOR_FILES[vectors.backend], kind=vectors.kind,
+                               params=vectors.params(), recall_check=recall_check)
         vectors.save(tmp / info.file)
         bm25.save(tmp / BM25_FILE)
-        manifest = {**manifest, "bm25": {**dict(manifest.get("bm25") or {}), "file": BM25_FILE}}
+        manifest = {**manifest, "vector_index": info, "bm25": {**dict(manifest.get("bm25") or {}), "file": BM25_FILE}}
         (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
         full = IndexManifest(
             build_id=build_id, kb=kb_dir.name,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             dimension=vectors.dim, counts={"entries": len(entries), "chunks": len(chunks), "rows": len(rows)},
-            checksums={}, vector_index=info, **manifest)
+            checksums={}, **manifest)
         full = dataclasses.replace(full, checksums={name: sha256_file(tmp / name) for name in full.data_files})
         (tmp / MANIFEST).write_text(json.dumps(full.to_json(), ensure_ascii=False, indent=2), encoding="utf-8")
         fsync_tree(tmp)  # the data is on disk before any name points at it
