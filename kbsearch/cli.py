@@ -348,9 +348,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the HTTP API with uvicorn."""
     from kbsearch.api.app import create_app
     from kbsearch.api.server import serve
+    from kbsearch.devices import configure_torch_threads, torch_threads_for
+    from kbsearch.index.faiss_backend import set_search_threads
     from kbsearch.telemetry.logs import configure_logging
 
     configure_logging(settings.telemetry)
+    threads = torch_threads_for(settings.torch_threads, settings.api.max_in_flight)
+    configure_torch_threads(threads)  # before any model loads
+    set_search_threads(threads)  # FAISS's OpenMP threads per search, the same count
     app = create_app(settings)
     base = f"http://{settings.api.host}:{settings.api.port}"
     print(

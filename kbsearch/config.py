@@ -394,6 +394,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models and the vector index run; auto = CUDA when present.")
     model_cache: Path = Field(Path.home() / ".cache" / "kbsearch" / "models",
                               description="Where materialised local models (the e5-small folder) are cached.")
+    torch_threads: int = Field(
+        0, ge=0, le=1024, description="CPU threads torch gives each model call in `kbsearch serve` (intra-op, and as "
+        "many inter-op), and FAISS each search, set once at start; 0 = auto: the usable CPUs divided by api.max_in_flight, at least 1 (1 on "
+        "2 cores, where 4 questions at once got through 12% faster than with 2: bench/threads.py). The batch commands "
+        "(ingest, eval, training) keep torch's default of one per core.")
 
     embed: EmbedSettings = EmbedSettings()
     index: IndexSettings = IndexSettings()

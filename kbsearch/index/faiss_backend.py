@@ -40,6 +40,29 @@ def _faiss() -> Any:
     return faiss
 
 
+_search_threads: int | None = None  # None: faiss's default (OpenMP: one per core)
+_thread_state = threading.local()
+
+
+def set_search_threads(threads: int | None) -> None:
+    """OpenMP threads each search uses, in whatever thread it runs (``kbsearch serve`` sets it with torch's).
+
+    OpenMP's thread count is per calling thread, so it is applied in each searching thread on its first
+    search after a change. One query at a time is what the service searches, and splitting one flat
+    search over the cores that are also running the model and the other questions costs more than it
+    gains: at 100k rows on 2 busy cores, 60 ms p50 with 2 threads against 13.6 ms with 1
+    (``bench/index_by_size.py --sizes 100000 --kinds flat --threads 1|2``).
+    """
+    global _search_threads
+    _search_threads = threads
+
+
+def _apply_search_threads() -> None:
+    if _search_threads is not None and getattr(_thread_state, "threads", None) != _search_threads:
+        _faiss().omp_set_num_threads(_search_threads)
+        _thread_state.threads = _search_threads
+
+
 @contextlib.contextmanager
 def _search_errors() -> Iterator[None]:
     """Map faiss's C++ errors (raised as RuntimeError) to ``BackendError``: the query path falls back to BM25."""
@@ -180,6 +203,7 @@ class FaissIndex:
             return self._exact.search(q, min(k, len(self)))
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        _apply_search_threads()
         if self.kind == HNSW:  # efSearch below k would return fewer than k rows: search at least k candidates
             ef = max(int(self._cpu.hnsw.efSearch), k)
             return self._index.search(q, k, params=_faiss().SearchParametersHNSW(efSearch=ef))

@@ -1,0 +1,135 @@
+"""The ``torch_threads`` setting: validated by ``Settings``, resolved to a count (auto shares the CPUs among
+the questions answered at once), and applied by ``kbsearch serve`` before any model loads, so that every
+thread torch later runs in (the vector workers, the embedding thread) uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from kbsearch.config import Settings
+from kbsearch.devices import configure_torch_threads, torch_threads_for, usable_cpus
+from kbsearch.errors import BadInputError
+
+# Runs `kbsearch serve` up to create_app, which it replaces: the stand-in loads the embedder when asked
+# to (as the real one does next), then reports the thread counts torch uses in this thread and in a
+# thread started afterwards, as the serving threads are.
+SERVE_PROBE = r"""
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+
+import kbsearch.api.app
+import kbsearch.cli
+
+
+def create_app(settings):
+    import torch
+
+    if "--load-e5" in sys.argv:
+        from kbsearch.embed import make_embedder
+
+        embedder = make_embedder(settings)
+        embedder.load()
+        work = lambda: embedder.embed_queries(["where is my order"])
+    else:
+        work = lambda: torch.ones(256, 256) @ torch.ones(256, 256)
+
+    def worker():
+        work()
+        return torch.get_num_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        seen = {"worker": pool.submit(worker).result(), "main": torch.get_num_threads(),
+                "interop": torch.get_num_interop_threads()}
+    print(json.dumps(seen))
+    sys.exit(0)
+
+
+kbsearch.api.app.create_app = create_app
+kbsearch.cli.main(["serve"])
+"""
+
+
+def _serve_probe(tmp_path: Path, env: dict[str, str], *args: str) -> dict[str, int]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KBSEARCH_")}
+    proc = subprocess.run([sys.executable, "-c", SERVE_PROBE, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, check=False, env={**clean, "KBSEARCH_HOME": str(tmp_path / "home"), **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_the_setting_defaults_to_auto_and_refuses_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KBSEARCH_TORCH_THREADS", raising=False)
+    assert Settings().torch_threads == 0
+    monkeypatch.setenv("KBSEARCH_TORCH_THREADS", "3")
+    assert Settings().torch_threads == 3
+    for bad in ("-1", "two", "1.5", "5000"):
+        monkeypatch.setenv("KBSEARCH_TORCH_THREADS", bad)
+        with pytest.raises(ValidationError, match="torch_threads"):
+            Settings()
+
+
+def test_auto_shares_the_cpus_among_the_questions_answered_at_once() -> None:
+    assert torch_threads_for(0, concurrency=4, cpus=2) == 1
+    assert torch_threads_for(0, concurrency=4, cpus=16) == 4
+    assert torch_threads_for(0, concurrency=1, cpus=8) == 8
+    assert torch_threads_for(0, concurrency=4, cpus=1) == 1
+    assert torch_threads_for(3, concurrency=4, cpus=2) == 3  # a count that is set is used as is
+    assert torch_threads_for(0, concurrency=4) == max(1, usable_cpus() // 4)
+
+
+def test_configure_refuses_a_count_below_one() -> None:
+    with pytest.raises(BadInputError):
+        configure_torch_threads(0)
+
+
+def test_serve_gives_torch_the_configured_threads_before_anything_runs(tmp_path: Path) -> None:
+    n = usable_cpus() + 1  # never torch's own default (one per core), so the setting must be what set it
+    assert _serve_probe(tmp_path, {"KBSEARCH_TORCH_THREADS": str(n)}) == {"worker": n, "main": n, "interop": n}
+    auto = torch_threads_for(0, concurrency=4)  # 1 on 2 to 7 cores
+    seen = _serve_probe(tmp_path, {"KBSEARCH_API__MAX_IN_FLIGHT": "4"})
+    assert seen == {"worker": auto, "main": auto, "interop": auto}
+
+
+@pytest.mark.slow
+def test_the_threads_hold_after_the_real_model_loads(tmp_path: Path, e5_cache: Path) -> None:
+    n = usable_cpus() + 1
+    env = {"KBSEARCH_TORCH_THREADS": str(n), "KBSEARCH_MODEL_CACHE": str(e5_cache)}
+    assert _serve_probe(tmp_path, env, "--load-e5") == {"worker": n, "main": n, "interop": n}
+
+
+def test_faiss_searches_use_the_set_thread_count_in_every_searching_thread():
+    """OpenMP's count is per thread: a search in a worker thread applies the serve-time setting there."""
+    import threading
+
+    import faiss
+    import numpy as np
+
+    from kbsearch.index import faiss_backend
+    from kbsearch.index.faiss_backend import FaissIndex, set_search_threads
+
+    v = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = FaissIndex.build(v, device="cpu")
+    seen: list[int] = []
+
+    def search_in_a_new_thread() -> None:
+        index.search(v[:1], 5)
+        seen.append(faiss.omp_get_max_threads())
+
+    try:
+        for threads in (1, 3):
+            set_search_threads(threads)
+            worker = threading.Thread(target=search_in_a_new_thread)
+            worker.start()
+            worker.join()
+        assert seen == [1, 3]
+    finally:
+        set_search_threads(None)
+        faiss_backend._thread_state.__dict__.clear()
