@@ -353,7 +353,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from kbsearch.telemetry.logs import configure_logging
 
     configure_logging(settings.telemetry)
-    threads = torch_threads_for(settings.torch_threads, settings.api.max_in_flight)
+    threads = torch_threads_for(settings.torch_threads)
     configure_torch_threads(threads)  # before any model loads
     set_search_threads(threads)  # FAISS's OpenMP threads per search, the same count
     app = create_app(settings)

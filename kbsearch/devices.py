@@ -86,25 +86,24 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def torch_threads_for(setting: int, concurrency: int, cpus: int | None = None) -> int:
+def torch_threads_for(setting: int, cpus: int | None = None) -> int:
     """The thread count the ``torch_threads`` setting means on this machine.
 
     Args:
         setting: ``Settings.torch_threads``: a positive count is used as is; 0 means auto.
-        concurrency: How many model calls may run at once (``api.max_in_flight`` for the server).
         cpus: Usable CPUs; defaults to :func:`usable_cpus`.
 
     Returns:
-        ``setting`` when positive; for auto, the CPUs shared out among the calls that may run at once,
-        ``max(1, cpus // concurrency)``, so that a full server runs no more threads than cores. On 2
-        cores (``bench/threads.py``, a question's model work: its embedding, batched, and a 10-pair
-        rerank), 4 questions at once got through 12% faster with 1 thread each than with 2 (10.1 vs
-        9.0 per second, p95 542 vs 580 ms); 2 threads win for a lone question (p50 137 vs 169 ms),
-        where the service has headroom.
+        ``setting`` when positive; for auto, every usable CPU. The service's embedding model runs on one
+        thread, one batch at a time (``kbsearch.retrieve.batching``), so its calls never overlap: on 2
+        cores (unionpay_faq, e5-small, no reranker, in process) 2 threads answered 63.8 questions/s at
+        one client (p50 15.0 ms) and 114 at 16, against 47.6 (20.9 ms) and 82 with 1 thread. A KB
+        reranker's calls do overlap (one per question in flight); ``bench/threads.py`` measured 1
+        thread 12% ahead at 4 rerank-heavy questions at once, 2 threads ahead for a lone one.
     """
     if setting > 0:
         return setting
-    return max(1, (cpus or usable_cpus()) // max(1, concurrency))
+    return cpus or usable_cpus()
 
 
 def configure_torch_threads(threads: int) -> None:

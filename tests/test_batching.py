@@ -151,3 +151,34 @@ def test_concurrent_questions_through_the_engine_are_batched_and_answered_as_alo
         a, b = answers[i], alone[q]
         assert not a.degraded and [h.entry.id for h in a.hits] == [h.entry.id for h in b.hits]
         assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits], abs=1e-6)
+
+
+def test_every_call_of_the_services_embedder_runs_on_the_one_model_thread(settings, make_engine):
+    """Loading, single questions (batched), several texts and documents: all on the model thread, whose
+    torch thread pools then serve every call (see the module docstring for what another thread costs)."""
+    from kbsearch.embed.fake import HashEmbedder
+
+    threads: dict[str, set[str]] = {}
+
+    class Where(HashEmbedder):
+        def _note(self, what):
+            threads.setdefault(what, set()).add(threading.current_thread().name)
+
+        def load(self):
+            self._note("load")
+            super().load()
+
+        def embed_queries(self, texts):
+            self._note(f"queries x{min(len(texts), 2)}")
+            return super().embed_queries(texts)
+
+        def embed_documents(self, texts):
+            self._note("documents")
+            return super().embed_documents(texts)
+
+    engine = make_engine(embedder=Where(dim=64))
+    engine.embedder.embed_queries(["one", "two"])
+    engine.embedder.embed_documents(["doc"])
+    assert engine.embedder.embed_queries(["alone"]).shape == (1, 64)
+    assert engine.embedder.model_id == "kbsearch/hash-ngram-v1"  # the rest is the wrapped embedder's
+    assert threads == {k: {"kbsearch-model"} for k in ("load", "queries x1", "queries x2", "documents")}

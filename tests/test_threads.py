@@ -75,13 +75,10 @@ def test_the_setting_defaults_to_auto_and_refuses_bad_values(monkeypatch: pytest
             Settings()
 
 
-def test_auto_shares_the_cpus_among_the_questions_answered_at_once() -> None:
-    assert torch_threads_for(0, concurrency=4, cpus=2) == 1
-    assert torch_threads_for(0, concurrency=4, cpus=16) == 4
-    assert torch_threads_for(0, concurrency=1, cpus=8) == 8
-    assert torch_threads_for(0, concurrency=4, cpus=1) == 1
-    assert torch_threads_for(3, concurrency=4, cpus=2) == 3  # a count that is set is used as is
-    assert torch_threads_for(0, concurrency=4) == max(1, usable_cpus() // 4)
+def test_auto_is_every_usable_cpu_and_a_set_count_is_used_as_is() -> None:
+    assert torch_threads_for(0, cpus=2) == 2 and torch_threads_for(0, cpus=16) == 16
+    assert torch_threads_for(3, cpus=2) == 3
+    assert torch_threads_for(0) == usable_cpus()
 
 
 def test_configure_refuses_a_count_below_one() -> None:
@@ -92,8 +89,8 @@ def test_configure_refuses_a_count_below_one() -> None:
 def test_serve_gives_torch_the_configured_threads_before_anything_runs(tmp_path: Path) -> None:
     n = usable_cpus() + 1  # never torch's own default (one per core), so the setting must be what set it
     assert _serve_probe(tmp_path, {"KBSEARCH_TORCH_THREADS": str(n)}) == {"worker": n, "main": n, "interop": n}
-    auto = torch_threads_for(0, concurrency=4)  # 1 on 2 to 7 cores
-    seen = _serve_probe(tmp_path, {"KBSEARCH_API__MAX_IN_FLIGHT": "4"})
+    auto = torch_threads_for(0)
+    seen = _serve_probe(tmp_path, {})
     assert seen == {"worker": auto, "main": auto, "interop": auto}
 
 

@@ -22,7 +22,7 @@ from kbsearch.config import RetrieveSettings
 from kbsearch.embed.base import Embedder
 from kbsearch.errors import BackendError, KbsearchError, cause_of
 from kbsearch.retrieve.base import Query, Retrieval
-from kbsearch.retrieve.batching import QuestionBatcher
+from kbsearch.retrieve.batching import ModelThreadEmbedder, QuestionBatcher
 from kbsearch.retrieve.candidates import candidates_of
 from kbsearch.types import Candidate
 
@@ -46,6 +46,7 @@ class VectorSearch:
         self.error: str | None = None  # why the embedder is not loaded, when it is not
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kbsearch-vector")
         self._batcher = QuestionBatcher(embedder.embed_queries, settings.question_batch)
+        self.model_embedder = ModelThreadEmbedder(embedder, self._batcher)  # the service's embedder, on the model thread
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
 
     def search(self, query: Query, build: Build, trace: Trace) -> tuple[list[Candidate], np.ndarray, int]:

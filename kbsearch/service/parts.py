@@ -43,13 +43,14 @@ class EngineParts:
 
     def __init__(self, settings: Settings, embedder: Embedder, planner: RerankPlanner,
                  clock: Callable[[], dt.date] = dt.date.today, observers: Sequence[Callable[[Trace], None]] = ()):
-        self.settings, self.embedder, self.planner, self._clock = settings, embedder, planner, clock
+        self.settings, self.planner, self._clock = settings, planner, clock
         self.builds = BuildCache(settings.home, embedder, settings.device)
         self.vector = VectorSearch(settings.retrieve, embedder)
+        self.embedder = self.vector.model_embedder  # every model call of the service on one thread (retrieve.batching)
         self.bm25 = Bm25Stage(Bm25Search(settings.retrieve))
         self.first_stage = make_first_stage(settings.retrieve, self.vector, self.bm25.search)
         self.thresholds = Thresholds(settings.decide)
-        self.human = HumanRequestMatcher(embedder, settings.decide)  # the KBs' hand-off rules (decide.human_request)
+        self.human = HumanRequestMatcher(self.embedder, settings.decide)  # the KBs' hand-off rules (decide.human_request)
         self.observers = list(observers)
         self.reranker_error: str | None = None
         self.load_seconds: dict[str, float] = {}
