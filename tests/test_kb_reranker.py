@@ -257,12 +257,14 @@ def test_a_failed_training_keeps_the_kb_served_without_a_reranker(tmp_path, monk
 def _fake_model(settings: Settings, key: str, trained_on, *, use: bool = True) -> None:
     """A model folder as training leaves it (card with a self-check, FAQS of the build it trained on), made
     ACTIVE; no weights (the planner's coverage decision never loads them)."""
+    from kbsearch.finetune.kb import _recipe
     from kbsearch.rerank.kb import FAQS, faq_digests
 
     folder = settings.kb_dir("default") / RERANKERS / key
     folder.mkdir(parents=True)
     (folder / "kbsearch_pair_model.json").write_text(json.dumps({"complete": True, "self_check": {"use": use, "weight": 0.5}}))
-    (folder / FAQS).write_text(json.dumps({"build": trained_on.build_id, "faqs": faq_digests(trained_on.entries.values())}))
+    (folder / FAQS).write_text(json.dumps({"build": trained_on.build_id, "recipe": _recipe(settings),
+                                           "faqs": faq_digests(trained_on.entries.values())}))
     write_text_atomic(folder.parent / ACTIVE, key + "\n")
 
 
@@ -313,6 +315,10 @@ def test_training_is_not_repeated_for_a_covered_build_and_request_training_start
     assert not done.trained and done.folder == kb_dir / RERANKERS / "k1" and "1 of 9 FAQs changed since" in done.covered
     assert any("nothing to train" in line for line in lines)
     assert not (kb_dir / RERANKERS / "TRAINING").exists()
+    # a model made by other knobs does not count as covering: changing them retrains or re-checks
+    from kbsearch.finetune.kb import _recipe
+    assert _recipe(settings.updated(kb_reranker={"seed": 7})) != _recipe(settings)
+    assert _recipe(settings.updated(kb_reranker={"retrain_share": 0.5})) == _recipe(settings)
 
     started: list[list[str]] = []
 

@@ -219,7 +219,7 @@ def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, force: bo
     seed = knobs.seed
     digests = faq_digests(build.entries.values())
     current, _ = trained_kb_reranker(kb_dir)
-    if current is not None and not force:
+    if current is not None and not force and _recorded_recipe(current) == _recipe(settings):
         covered, how = covers(current, digests, knobs.retrain_share)
         if covered:
             check = (read_card(current) or {}).get("self_check", {})
@@ -292,13 +292,28 @@ def _train_kb_reranker(settings: Settings, kb: str, *, progress: bool, force: bo
         card["self_check"] = check_model(out)
         write_text_atomic(out / CARD, json.dumps(card, ensure_ascii=False, indent=2) + "\n")
     check = card["self_check"]
-    write_text_atomic(out / FAQS, json.dumps({"build": build.build_id, "faqs": digests}) + "\n")
+    write_text_atomic(out / FAQS, json.dumps({"build": build.build_id, "recipe": _recipe(settings), "faqs": digests}) + "\n")
     write_text_atomic(folder / ACTIVE, key + "\n")
     (folder / SKIP).unlink(missing_ok=True)
     _prune(folder, keep=key)
     say(f"KB reranker {'trained' if trained else 'reused'} ({out}): {check['reason']}; "
         f"{'in use' if check['use'] else 'not used'}")
     return KbRerankerResult(out, trained, time.perf_counter() - t0, check)
+
+
+def _recipe(settings: Settings) -> str:
+    """What a model's training and check were decided by, besides the FAQs: a model made by other knobs (another
+    seed, sample size, check size, rule...) does not count as covering a build, so changing them retrains or
+    re-checks (which reuses the model when its pairs are the same)."""
+    knobs = settings.kb_reranker.model_dump(exclude={"auto_train", "retrain_share", "checkpoint_every_s"})
+    return hashlib.sha256(json.dumps([knobs, settings.rerank.top_k, CHECK_RULE], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recorded_recipe(model: Path) -> str | None:
+    try:
+        return json.loads((model / FAQS).read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _key(train: list[Pair], dev: list[Pair], recipe: Recipe, top_k: int) -> str:
