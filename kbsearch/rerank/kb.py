@@ -34,7 +34,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,18 +148,19 @@ def trained_kb_reranker(kb_dir: Path) -> tuple[Path | None, str]:
     return folder / key, "ok"
 
 
-def active_kb_reranker(kb_dir: Path, *, force: bool = False, digests: dict[str, str] | None = None,
+def active_kb_reranker(kb_dir: Path, *, force: bool = False, digests: Callable[[], dict[str, str]] | None = None,
                        retrain_share: float = 0.0) -> tuple[Path | None, str]:
     """The folder of ``kb_dir``'s reranker in use, or None and why there is none (never raises for bad files).
 
     ``force`` returns the trained model even when its self-check said not to use it (evaluation).
-    ``digests`` (``faq_digests`` of the build served) also requires the model to cover that build.
+    ``digests`` (giving ``faq_digests`` of the build served; called only when a model exists) also
+    requires the model to cover that build.
     """
     path, why = trained_kb_reranker(kb_dir)
     if path is None:
         return None, why
     if digests is not None:
-        covered, how = covers(path, digests, retrain_share)
+        covered, how = covers(path, digests(), retrain_share)
         if not covered:
             now = training_now(path.parent)
             return None, f"KB reranker off: {how}" + (f"; {now}" if now else "")
@@ -279,7 +280,7 @@ class KbRerankPlanner:
         build_id = build.build_id if build is not None else None
         cached = self._resolved.get(kb_dir)
         if cached is None or cached[0] != mtime or cached[1] != build_id:
-            digests = self._build_digests(kb_dir, build) if build is not None else None
+            digests = (lambda: self._build_digests(kb_dir, build)) if build is not None else None
             path, why = active_kb_reranker(kb_dir, force=self.force, digests=digests, retrain_share=self.retrain_share)
             cached = (mtime, build_id, (path, why), kb_reranker_weight(path) if path is not None else 0.0)
             self._resolved[kb_dir] = cached
