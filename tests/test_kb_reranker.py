@@ -342,3 +342,18 @@ def test_training_is_not_repeated_for_a_covered_build_and_request_training_start
     assert kb_module.request_training(settings.updated(kb_reranker={"auto_train": False}), "default") is None
     assert kb_module.request_training(settings.updated(rerank={"backend": "none"}), "default") is None
     assert len(started) == 1
+
+
+def test_a_kb_without_a_model_says_a_training_is_running(tmp_path):
+    import os
+
+    from kbsearch.rerank.kb import TRAINING
+
+    settings = _kb(tmp_path)
+    folder = settings.kb_dir("default") / RERANKERS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TRAINING).write_text(json.dumps({"pid": os.getpid(), "build": "b1", "since": "2026-12-02T08:00:00+00:00"}))
+    path, why = active_kb_reranker(settings.kb_dir("default"))
+    assert path is None and "no KB reranker trained yet" in why and f"training for build b1 since 2026-12-02T08:00:00+00:00 (pid {os.getpid()})" in why
+    (folder / TRAINING).write_text(json.dumps({"pid": 2 ** 22 + 7, "build": "b1", "since": "x"}))  # a killed trainer's note
+    assert "training for" not in active_kb_reranker(settings.kb_dir("default"))[1]

@@ -158,7 +158,8 @@ def active_kb_reranker(kb_dir: Path, *, force: bool = False, digests: Callable[[
     """
     path, why = trained_kb_reranker(kb_dir)
     if path is None:
-        return None, why
+        now = training_now(Path(kb_dir) / RERANKERS)
+        return None, why + (f"; {now}" if now else "")
     if digests is not None:
         covered, how = covers(path, digests(), retrain_share)
         if not covered:
