@@ -397,7 +397,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, le=1024, description="CPU threads torch gives each model call in `kbsearch serve` (intra-op, and as "
         "many inter-op), and FAISS each search, set once at start; 0 = auto: every usable CPU (the embedding model runs on one thread, one batch at a "
-        "time: 2 threads answered 114 questions/s at 16 clients on 2 cores against 82 with 1). The batch commands "
+        "time: 2 threads answered 113 questions/s at 16 clients on 2 cores against 84 with 1, bench/batching.py). The batch commands "
         "(ingest, eval, training) keep torch's default of one per core.")
 
     embed: EmbedSettings = EmbedSettings()

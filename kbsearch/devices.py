@@ -96,8 +96,8 @@ def torch_threads_for(setting: int, cpus: int | None = None) -> int:
     Returns:
         ``setting`` when positive; for auto, every usable CPU. The service's embedding model runs on one
         thread, one batch at a time (``kbsearch.retrieve.batching``), so its calls never overlap: on 2
-        cores (unionpay_faq, e5-small, no reranker, in process) 2 threads answered 63.8 questions/s at
-        one client (p50 15.0 ms) and 114 at 16, against 47.6 (20.9 ms) and 82 with 1 thread. A KB
+        cores (``bench/batching.py``, unionpay_faq, e5-small, no reranker) 2 threads answered 62.6
+        questions/s at one client (p50 15.4 ms) and 113 at 16, against 40.1 (24.8 ms) and 84 with 1 thread. A KB
         reranker's calls do overlap (one per question in flight); ``bench/threads.py`` measured 1
         thread 12% ahead at 4 rerank-heavy questions at once, 2 threads ahead for a lone one.
     """
