@@ -42,7 +42,7 @@ def main() -> None:
     emb.load()
     emb.embed_queries(texts[:64])  # warm up
     t = time.perf_counter()
-    emb._st.encode(texts, prompt=emb.query_prompt, batch_size=emb.batch_size, show_progress_bar=False)
+    emb._encoder_for(len(texts)).encode(texts, prompt=emb.query_prompt, batch_size=emb.batch_size, show_progress_bar=False)
     bare = time.perf_counter() - t
     t = time.perf_counter()
     embed_rows(emb, rows, settings.embed.batch_size)

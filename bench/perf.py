@@ -134,7 +134,7 @@ def bare_path(home: Path, kb: str, queries: list[str], cache: str) -> tuple[list
         ms.append((time.perf_counter() - t) * 1000)
     texts = [r.text for r in build.rows[:2000]]
     t = time.perf_counter()
-    emb._st.encode(texts, prompt=emb.query_prompt, batch_size=emb.batch_size, show_progress_bar=False)
+    emb._encoder_for(len(texts)).encode(texts, prompt=emb.query_prompt, batch_size=emb.batch_size, show_progress_bar=False)
     return ms, len(texts) / (time.perf_counter() - t)
 
 

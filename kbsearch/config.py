@@ -60,6 +60,11 @@ class EmbedSettings(_Group):
         "any ST model (Qwen3-Embedding-4B in production); hash: deterministic fake for tests.",
     )
     model: str = Field("Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers backend.")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="e5-small: what runs the model. onnx: ONNX Runtime (CPU only; the same vectors, a lone question "
+        "embedded 2.4x faster than torch on 2 cores, long texts in large batches 0.71x, bench/onnx_runtime.py); torch: "
+        "sentence-transformers; auto: on the CPU (with onnxruntime installed) onnx for calls of up to 64 texts (questions) "
+        "and torch for larger ones (ingest), torch on a GPU.")
     dim: int | None = Field(None, ge=8, description="Matryoshka output dimension (truncate, then L2-normalise); None = native.")
     batch_size: int = Field(32, ge=1, le=4096, description="Texts per forward pass (ingest, and eval's batched questions).")
     max_seq_length: int = Field(512, ge=16, le=32768, description="Tokens per text before truncation.")
@@ -396,7 +401,7 @@ class Settings(BaseSettings):
                               description="Where materialised local models (the e5-small folder) are cached.")
     torch_threads: int = Field(
         0, ge=0, le=1024, description="CPU threads torch gives each model call in `kbsearch serve` (intra-op, and as "
-        "many inter-op), and FAISS each search, set once at start; 0 = auto: every usable CPU (the embedding model runs on one thread, one batch at a "
+        "many inter-op), ONNX Runtime each e5-small call (every command), and FAISS each search, set once at start; 0 = auto: every usable CPU (the embedding model runs on one thread, one batch at a "
         "time: 2 threads answered 113 questions/s at 16 clients on 2 cores against 84 with 1, bench/batching.py). The batch commands "
         "(ingest, eval, training) keep torch's default of one per core.")
 

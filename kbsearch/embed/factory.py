@@ -9,6 +9,7 @@ Nothing is loaded here: callers call ``load()`` at startup.
 from __future__ import annotations
 
 from kbsearch.config import Settings
+from kbsearch.devices import torch_threads_for
 from kbsearch.embed.base import Embedder
 from kbsearch.embed.e5_small import E5SmallEmbedder
 from kbsearch.embed.fake import HashEmbedder
@@ -42,6 +43,8 @@ def make_embedder(settings: Settings) -> Embedder:
             batch_size=e.batch_size,
             max_seq_length=e.max_seq_length,
             device=settings.device,
+            runtime=e.runtime,
+            threads=torch_threads_for(settings.torch_threads),
         )
     if backend == "sentence-transformers":
         return SentenceTransformerEmbedder(

@@ -250,14 +250,18 @@ class SentenceTransformerEmbedder:
         """
         return self._embed(texts, self.document_prompt)
 
+    def _encoder_for(self, n_texts: int) -> Any:
+        """The model object that embeds a call of ``n_texts`` texts (the loaded model; see E5SmallEmbedder)."""
+        return self._st
+
     def _embed(self, texts: list[str], prompt: str) -> np.ndarray:
-        st = self._st
-        if st is None or self._dim is None:
+        if self._st is None or self._dim is None:
             raise EmbedderNotLoadedError(f"embedder {self.model_id!r} is not loaded; call load() first")
         if not all(isinstance(t, str) for t in texts):
             raise BadInputError("texts must be strings")
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
+        st = self._encoder_for(len(texts))
         try:
             # prompt="" (not None) so a default prompt saved in the model folder never applies.
             raw = st.encode(
