@@ -6,7 +6,8 @@ random texts joined, so every entry is distinct and dedupe keeps it), ingested b
 own home, and served by a real ``kbsearch serve`` on loopback. Printed per size:
 
 - ingest: rows, seconds, embedding rows/s inside ingest next to the bare model's rows/s on the same texts;
-- cold start (process start to ``/readyz`` 200) and the server's RSS after the load;
+- cold start (process start to ``/readyz`` 200; in brackets, the part a new process spends importing what the
+  server imports: torch, onnxruntime, transformers, FAISS, kbsearch) and the server's RSS after the load;
 - ``/ask`` at 1, 4 and 16 clients (the benchmarks' held-out questions): requests/s, p50/p95/p99 and the
   answers degraded; the median of each stage's time (``timings_ms``);
 - the bare path in this process: embed one question + FAISS top-50, p50/p95, and /ask p50 ÷ that p50;
@@ -56,8 +57,11 @@ def corpus() -> tuple[list[str], list[str], list[str]]:
     return sorted(texts), sorted(answers), queries
 
 
-def kb_rows(rows: int, texts: list[str], answers: list[str], seed: int = 0) -> list[dict]:
-    """FAQ entries of about ``rows`` index rows: a question, 2 variants and a one-chunk answer each (4 rows)."""
+def kb_rows(rows: int, texts: list[str], answers: list[str], seed: int = 0, answer_chars: int = 0) -> list[dict]:
+    """FAQ entries of about ``rows`` index rows: a question, 2 variants and a one-chunk answer each (4 rows).
+
+    ``answer_chars`` > 0 cuts each answer to that many characters (ingest time grows with the answers'
+    length; the query path does not depend on it)."""
     rng = random.Random(seed)
     pool = texts[:]
     rng.shuffle(pool)
@@ -72,7 +76,7 @@ def kb_rows(rows: int, texts: list[str], answers: list[str], seed: int = 0) -> l
         return pool[i]
 
     return [{"id": f"e{i}", "question": text(3 * i), "variants": [text(3 * i + 1), text(3 * i + 2)],
-             "answer": f"{answers[i % len(answers)]}（条目 {i}）"} for i in range(max(1, rows // 4))]
+             "answer": f"{answers[i % len(answers)][:answer_chars or None]}（条目 {i}）"} for i in range(max(1, rows // 4))]
 
 
 def _port() -> int:
@@ -117,12 +121,26 @@ class Server:
         self.log.close()
 
 
-def bare_path(home: Path, kb: str, queries: list[str], cache: str) -> tuple[list[float], float]:
+IMPORTS = ("import kbsearch.cli; from kbsearch.api.app import create_app; "
+           "import torch, onnxruntime, transformers, faiss")  # what `kbsearch serve` imports before it can answer
+
+
+def imports_s(env: dict[str, str]) -> float:
+    """Seconds a new Python process takes to import what the server imports (best of 3, warm page cache)."""
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True, capture_output=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bare_path(home: Path, kb: str, queries: list[str], cache: str, runtime: str = "auto") -> tuple[list[float], float]:
     """Embed one question + FAISS top-50 in this process: ms per question, and the bare model's rows/s."""
     from kbsearch.embed.e5_small import E5SmallEmbedder
     from kbsearch.index.store import load_build
 
-    emb = E5SmallEmbedder(Path(cache), device="cpu")
+    emb = E5SmallEmbedder(Path(cache), device="cpu", runtime=runtime)
     emb.load()
     build = load_build(home / kb, device="cpu")
     for q in queries[:5]:
@@ -138,11 +156,12 @@ def bare_path(home: Path, kb: str, queries: list[str], cache: str) -> tuple[list
     return ms, len(texts) / (time.perf_counter() - t)
 
 
-def measure(rows: int, seconds: float, clients: list[int], data: tuple, work: Path, env: dict[str, str]) -> dict:
+def measure(rows: int, seconds: float, clients: list[int], data: tuple, work: Path, env: dict[str, str],
+            answer_chars: int = 0) -> dict:
     texts, answers, queries = data
     home, kb = work / f"home-{rows}", f"kb{rows}"
     faqs = work / f"faqs-{rows}.jsonl"
-    faqs.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kb_rows(rows, texts, answers)),
+    faqs.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kb_rows(rows, texts, answers, answer_chars=answer_chars)),
                     encoding="utf-8")
     env = {**env, "KBSEARCH_HOME": str(home), "KBSEARCH_DEFAULT_KB": kb}
     t = time.perf_counter()
@@ -153,6 +172,7 @@ def measure(rows: int, seconds: float, clients: list[int], data: tuple, work: Pa
     embed_s = summary["report"]["stage_seconds"].get("embed") or float("nan")
     out = {"rows": summary["rows"], "entries": summary["report"].get("kept"), "ingest_s": ingest_s,
            "ingest_rows_s": summary["rows"] / embed_s, "levels": {}}
+    out["imports_s"] = imports_s(env)
     server = Server(env, work / f"serve-{rows}.log")
     try:
         out["cold_start_s"] = server.cold_start_s
@@ -176,7 +196,7 @@ def measure(rows: int, seconds: float, clients: list[int], data: tuple, work: Pa
         bm25.close()
     # the same mix of questions the clients draw from (the first 200 would be one benchmark's, all short)
     bare_ms, bare_rows_s = bare_path(home, kb, random.Random(0).sample(queries, min(200, len(queries))),
-                                     env["KBSEARCH_MODEL_CACHE"])
+                                     env["KBSEARCH_MODEL_CACHE"], env.get("KBSEARCH_EMBED__RUNTIME", "auto"))
     out["bare"] = {"p50": percentile(bare_ms, 0.5), "p95": percentile(bare_ms, 0.95)}
     out["bare_rows_s"] = bare_rows_s
     return out
@@ -188,14 +208,15 @@ def render(results: list[dict], args: argparse.Namespace, env: dict[str, str]) -
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
              f"{time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python bench/perf.py {' '.join(sys.argv[1:])}`. "
              f"Settings: {settings or 'defaults'}; e5-small on the CPU, fused first stage, no KB reranker trained. "
-             f"{args.seconds:g} s per load level.", "",
-             "| rows | ingest s | ingest rows/s (bare model) | cold start s | RSS MB | clients | req/s | /ask p50 / p95 / p99 ms "
+             f"{args.seconds:g} s per load level. Answers "
+             f"{f'cut to {args.answer_chars} characters' if args.answer_chars else 'whole'}.", "",
+             "| rows | ingest s | ingest rows/s (bare model) | cold start s (imports) | RSS MB | clients | req/s | /ask p50 / p95 / p99 ms "
              "| degraded | bare embed+search p50 / p95 ms | /ask p50 ÷ bare p50 | BM25-only p50 / p95 ms | stage medians ms |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for i, (n, lv) in enumerate(r["levels"].items()):
             head = (f"| {r['rows']:,} | {r['ingest_s']:.0f} | {r['ingest_rows_s']:.0f} ({r['bare_rows_s']:.0f}) | "
-                    f"{r['cold_start_s']:.1f} | {r['rss_mb']:.0f} |") if i == 0 else "| | | | | |"
+                    f"{r['cold_start_s']:.1f} ({r['imports_s']:.1f}) | {r['rss_mb']:.0f} |") if i == 0 else "| | | | | |"
             bare = f"{r['bare']['p50']:.1f} / {r['bare']['p95']:.1f}" if i == 0 else ""
             ratio = f"{lv['p50'] / r['bare']['p50']:.2f}" if n == 1 else ""
             bm25 = f"{r['bm25']['p50']:.1f} / {r['bm25']['p95']:.1f}" if i == 0 else ""
@@ -211,6 +232,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000], help="index rows per KB")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--seconds", type=float, default=15.0, help="per load level")
+    ap.add_argument("--answer-chars", type=int, default=0, help="cut answers to this many characters (0 = whole)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/performance.md")
     ap.add_argument("--set", nargs="*", default=[], metavar="KBSEARCH_X=Y", help="settings for the servers")
     args = ap.parse_args()
@@ -221,7 +243,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="kbsearch-perf-") as tmp:
         for rows in args.sizes:
-            results.append(measure(rows, args.seconds, args.clients, data, Path(tmp), env))
+            results.append(measure(rows, args.seconds, args.clients, data, Path(tmp), env, args.answer_chars))
             print(render(results, args, {k: v for k, v in env.items() if k.startswith("KBSEARCH_")}), flush=True)
     table = render(results, args, {k: v for k, v in env.items() if k.startswith("KBSEARCH_")})
     if not args.no_write:

@@ -588,6 +588,15 @@ def test_e5_onnx_runtime_gives_the_torch_vectors(e5_cache: Path, e5_embedder: E5
         assert ours.shape == ref.shape == (len(texts), 384) and ours.dtype == np.float32 and _unit_rows(ours)
         assert cos.min() >= 0.99999
     np.testing.assert_allclose(onnx_emb.embed_queries(texts[:1]), torch_emb.embed_queries(texts[:1]), atol=1e-4)
+    # ONNX Runtime's own exceptions (not RuntimeError) become the backend error the fallback chain expects
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise Fail("simulated: out of memory")
+
+    onnx_emb._st.session = Mock(run=fail)
+    with pytest.raises(BackendError, match="simulated"):
+        onnx_emb.embed_queries(["退货"])
     # auto (the fixture): a call of more than ONNX_MAX_TEXTS texts runs on torch, loaded on that first call
     assert e5_embedder._bulk is None or e5_embedder._bulk is not e5_embedder._st
     many = (texts * (e5_small.ONNX_MAX_TEXTS // len(texts) + 1))[: e5_small.ONNX_MAX_TEXTS + 1]

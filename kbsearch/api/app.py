@@ -9,7 +9,7 @@ in ``GET /metrics`` (Prometheus) and logged as one JSON line, both read from its
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from kbsearch import __version__
 from kbsearch.api.admin import MAX_UPLOAD, PAGE_HEADERS, STATIC, Operations, admin_router, unavailable_router
 from kbsearch.api.auth import Guard
-from kbsearch.api.guards import Admission, BodyLimit, on_http_error, on_unexpected_error, on_validation_error
+from kbsearch.api.guards import Admission, BodyLimit, PathHeaders, on_http_error, on_unexpected_error, on_validation_error
 from kbsearch.api.models import (
     REQUEST_ID_PATTERN,
     AskRequest,
@@ -218,11 +218,5 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
     if settings.dashboard.enabled:
         app.include_router(admin_router(settings, engine, ops, guard) if ops is not None else unavailable_router(guard))
         app.mount("/dashboard/static", StaticFiles(directory=str(STATIC)), name="dashboard-static")
-
-        @app.middleware("http")
-        async def page_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            response = await call_next(request)
-            if request.url.path.startswith("/dashboard"):
-                response.headers.update(PAGE_HEADERS)
-            return response
+        app.add_middleware(PathHeaders, prefix="/dashboard", headers=PAGE_HEADERS)
     return app

@@ -28,6 +28,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -110,6 +111,34 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting_receive, refusal.send)
+
+
+class PathHeaders:
+    """Pure ASGI middleware: ``headers`` added to every response under ``prefix`` (the dashboard's security headers).
+
+    Replaces an ``@app.middleware("http")`` function, which runs every request (``/ask`` included) through
+    Starlette's ``BaseHTTPMiddleware`` and its task group even when the path is not its own.
+
+    Args:
+        app: The wrapped application.
+        prefix: The paths concerned.
+        headers: The headers to set (replacing the response's own of the same name).
+    """
+
+    def __init__(self, app: ASGIApp, prefix: str, headers: dict[str, str]) -> None:
+        self.app, self.prefix, self.headers = app, prefix, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(self.headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyDeadline:

@@ -143,8 +143,11 @@ class OnnxEncoder:
             enc = self.tokenizer([full[i] for i in idx], padding=True, truncation=True,
                                  max_length=min(self.max_seq_length, self.max_positions), return_tensors="np")
             mask = enc["attention_mask"].astype(np.int64)
-            states = self.session.run(["last_hidden_state"], {"input_ids": enc["input_ids"].astype(np.int64),
-                                                              "attention_mask": mask})[0]
+            try:
+                states = self.session.run(["last_hidden_state"], {"input_ids": enc["input_ids"].astype(np.int64),
+                                                                  "attention_mask": mask})[0]
+            except Exception as exc:  # ONNX Runtime's errors derive from Exception only
+                raise BackendError(f"ONNX Runtime failed: {type(exc).__name__}: {exc}") from exc
             weights = mask[..., None].astype(np.float32)
             out[idx] = (states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return out
