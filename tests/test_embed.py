@@ -38,6 +38,7 @@ from kbsearch.embed.e5_small import (
     verify_materialized,
 )
 from kbsearch.embed.fake import HashEmbedder
+from kbsearch.embed.onnx import OnnxEncoder
 from kbsearch.devices import resolve_device
 from kbsearch.embed.st import SentenceTransformerEmbedder, qwen3_query_prompt
 from kbsearch.errors import BackendError, BadInputError, NotFoundError, NotReadyError
@@ -597,11 +598,15 @@ def test_e5_onnx_runtime_gives_the_torch_vectors(e5_cache: Path, e5_embedder: E5
     onnx_emb._st.session = Mock(run=fail)
     with pytest.raises(BackendError, match="simulated"):
         onnx_emb.embed_queries(["退货"])
-    # auto (the fixture): a call of more than ONNX_MAX_TEXTS texts runs on torch, loaded on that first call
-    assert e5_embedder._bulk is None or e5_embedder._bulk is not e5_embedder._st
+    # auto: up to ONNX_MAX_TEXTS texts per call stay on ONNX Runtime; a larger call loads torch and runs there
+    auto = E5SmallEmbedder(e5_cache, device="cpu")
+    auto.load()
+    auto.embed_documents(texts[: e5_small.ONNX_MAX_TEXTS])
+    assert isinstance(auto._st, OnnxEncoder) and auto._bulk is None
     many = (texts * (e5_small.ONNX_MAX_TEXTS // len(texts) + 1))[: e5_small.ONNX_MAX_TEXTS + 1]
-    bulk = e5_embedder.embed_documents(many)
-    assert e5_embedder._bulk is not None and _cos(bulk, torch_emb.embed_documents(many)).min() >= 0.99999
+    bulk = auto.embed_documents(many)
+    assert auto._bulk is not None and not isinstance(auto._bulk, OnnxEncoder)
+    assert _cos(bulk, torch_emb.embed_documents(many)).min() >= 0.99999
 
 
 @pytest.mark.slow
