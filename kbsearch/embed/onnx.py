@@ -1,9 +1,10 @@
 """ONNX Runtime for a BERT-style sentence embedder on the CPU (the bundled e5-small's default runtime).
 
 The model's ``BertModel`` is exported once, when the model folder is materialised
-(:func:`export_bert_onnx`, into ``onnx/model.onnx`` beside the safetensors, checksummed with the rest),
-and :class:`OnnxEncoder` runs it with ONNX Runtime: the same tokenizer (the folder's, through
-transformers), the prompt included in the mean pooling, texts sorted by length and cut into batches, as
+(:func:`export_bert_onnx`, into ``onnx/model.onnx`` beside the safetensors, checksummed with the rest,
+and stored as ONNX Runtime's optimised graph with memory-mapped weights: :func:`optimize_onnx`), and
+:class:`OnnxEncoder` runs it with ONNX Runtime: the same tokenizer (the folder's ``tokenizer.json``,
+loaded by ``tokenizers``), the prompt included in the mean pooling, texts sorted by length and cut into batches, as
 sentence-transformers does. The vectors equal the torch path's (cosine ≥ 0.99999 on the benchmarks'
 questions; ``tests/test_embed.py``), so builds made with either runtime serve with the other.
 
@@ -32,8 +33,9 @@ from kbsearch.errors import BackendError, MissingDependencyError
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "onnx/model.onnx"
-"""Where the export lies inside a model folder."""
+"""Where the graph lies inside a model folder; its weights are in ``ONNX_FILE + ".data"`` beside it."""
 OPSET = 17
+_EXPORT_FILE = "onnx/export.onnx"  # torch's export before ONNX Runtime optimises it (removed after)
 
 
 def onnxruntime_available() -> bool:
@@ -43,20 +45,34 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def export_bert_onnx(folder: Path) -> Path:
+def onnxruntime_version() -> str | None:
+    """The installed ``onnxruntime``'s version (from its metadata, without importing it), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxruntime")
+    except PackageNotFoundError:
+        return None
+
+
+def export_bert_onnx(folder: Path, optimize: bool = True) -> Path:
     """Export the transformers model in ``folder`` to ``folder/onnx/model.onnx`` (token states out).
 
     Inputs ``input_ids`` and ``attention_mask`` (int64, batch × sequence, both axes dynamic); output
-    ``last_hidden_state``. The export is deterministic: the same weights give the same bytes.
+    ``last_hidden_state``. With ``optimize`` (the default) the file holds ONNX Runtime's optimised graph
+    (:func:`optimize_onnx`; load it with ``OnnxEncoder(..., optimized=True)``), else torch's plain export.
+    Both are deterministic: the same weights give the same bytes.
 
     Args:
         folder: A sentence-transformers / transformers model folder with ``config.json`` and weights.
+        optimize: Store ONNX Runtime's optimised graph, its weights in ``model.onnx.data``.
 
     Returns:
         The ONNX file written.
 
     Raises:
-        MissingDependencyError: torch or transformers is missing.
+        MissingDependencyError: torch or transformers (or, to optimise, onnxruntime) is missing.
+        BackendError: ONNX Runtime could not optimise the export.
     """
     try:
         import torch
@@ -72,7 +88,7 @@ def export_bert_onnx(folder: Path) -> Path:
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    out = folder / ONNX_FILE
+    out = folder / (_EXPORT_FILE if optimize else ONNX_FILE)
     out.parent.mkdir(parents=True, exist_ok=True)
     from kbsearch.devices import quiet_model_loading
 
@@ -85,49 +101,113 @@ def export_bert_onnx(folder: Path) -> Path:
         torch.onnx.export(model, example, str(out), dynamo=False, opset_version=OPSET,
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes})
+    if not optimize:
+        return out
+    try:
+        return optimize_onnx(out, folder / ONNX_FILE)
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _session_options(threads: int, level: Any) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spinning: the service's request threads need the same cores.
+    # A real server, 1k rows, 2 cores: 16 clients 32.6 -> 39.0 answers/s, one client 28.8 -> 26.8, and
+    # 1.84 -> 1.26 cores busy at one client.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def optimize_onnx(source: Path, out: Path) -> Path:
+    """Write ONNX Runtime's optimised graph of ``source`` to ``out``, its weights to ``out`` + ``.data``.
+
+    Done once, when a model folder is materialised, instead of at every start. Measured on 2 cores with
+    the e5-small export: a session loads in 0.2 s instead of 2.9 s, and the weights are memory-mapped
+    from the ``.data`` file instead of copied, so a server holds about 100 MB of them instead of 520 MB
+    (the 250k-row word-embedding table is paged in only where questions touch it). The questions' vectors
+    and speed are the same (identical outputs; ``tests/test_embed.py``, ``bench/onnx_runtime.py``).
+
+    The optimisation level is ``EXTENDED`` (the transformer fusions: attention, GELU, layer norm), which
+    is specific to ONNX Runtime's CPU provider and its version but not to the processor (``ALL`` would
+    add processor-specific layouts, and nothing for this model): the e5 folder records the
+    ``onnxruntime`` version and is rebuilt when it changes.
+
+    Raises:
+        MissingDependencyError: onnxruntime is missing.
+        BackendError: ONNX Runtime could not load or optimise ``source``.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingDependencyError(f"optimising an ONNX model needs `pip install onnxruntime`: {exc}") from exc
+    options = _session_options(1, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    options.optimized_model_filepath = str(out)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", out.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own (non-OSError) exception types
+        raise BackendError(f"ONNX Runtime could not optimise {source}: {exc}") from exc
     return out
 
 
 class OnnxEncoder:
     """The part of ``SentenceTransformer`` the embedders call (``encode``, ``max_seq_length``, the
-    tokenizer, the dimension), run by ONNX Runtime on the CPU; mean pooling, no normalisation (the
-    embedder normalises after its Matryoshka cut, as for torch).
+    dimension), run by ONNX Runtime on the CPU; mean pooling, no normalisation (the embedder normalises
+    after its Matryoshka cut, as for torch).
+
+    The tokenizer is the folder's ``tokenizer.json`` loaded by ``tokenizers`` itself (``tokenizer``, a
+    ``tokenizers.Tokenizer``), not through transformers' ``AutoTokenizer``: the same token ids (the
+    special tokens, truncation to ``max_seq_length`` and padding as transformers configures them), without
+    importing transformers' model registry and parsing the 250k-piece JSON twice (about 1 s of a start).
 
     Args:
-        folder: A model folder holding ``onnx/model.onnx`` and the tokenizer files.
+        folder: A model folder holding ``onnx/model.onnx`` and ``tokenizer.json``.
         threads: ONNX Runtime intra-op threads; 0 = its default (one per physical core).
         max_positions: The model's position limit (``max_seq_length`` is capped at it).
+        optimized: The file is ONNX Runtime's optimised graph (:func:`optimize_onnx`): load it as it is.
+            False: a plain export, optimised in memory at every load (seconds).
     """
 
-    def __init__(self, folder: Path, threads: int = 0, max_positions: int = 512) -> None:
+    def __init__(self, folder: Path, threads: int = 0, max_positions: int = 512, optimized: bool = True) -> None:
         try:
             import onnxruntime as ort
-            from transformers import AutoTokenizer
+            from tokenizers import Tokenizer
         except ImportError as exc:
             raise MissingDependencyError(f"the onnx runtime needs `pip install onnxruntime`: {exc}") from exc
         path = folder / ONNX_FILE
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # EXTENDED has the transformer fusions; ALL adds only layout passes for convolutions, and 0.8 s to each load
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.log_severity_level = 3
-        # Idle intra-op threads sleep instead of spinning: the service's request threads need the same cores.
-        # A real server, 1k rows, 2 cores: 16 clients 32.6 -> 39.0 answers/s, one client 28.8 -> 26.8, and
-        # 1.84 -> 1.26 cores busy at one client.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        except Exception as exc:  # onnxruntime raises its own (non-OSError) exception types for a bad file
+            self.session = ort.InferenceSession(str(path), _session_options(threads, level),
+                                                providers=["CPUExecutionProvider"])
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # onnxruntime and tokenizers raise their own (non-OSError) exception types
             raise BackendError(f"could not load {path} with ONNX Runtime: {exc}") from exc
+        pad = self.tokenizer.token_to_id("<pad>")
+        self.tokenizer.enable_padding(pad_id=0 if pad is None else pad, pad_token="<pad>")
         self.max_positions = max_positions
         self.max_seq_length = max_positions
         self._dim = int(self.session.get_outputs()[0].shape[-1])
 
     def get_embedding_dimension(self) -> int:
         return self._dim
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, ``(len(texts), longest)`` int64 each: special tokens added,
+        each text cut to ``max_seq_length`` tokens (keeping its closing token), padded with ``<pad>``."""
+        limit = min(self.max_seq_length, self.max_positions)
+        if (self.tokenizer.truncation or {}).get("max_length") != limit:
+            self.tokenizer.enable_truncation(max_length=limit)
+        encodings = self.tokenizer.encode_batch(texts)
+        return (np.array([e.ids for e in encodings], dtype=np.int64),
+                np.array([e.attention_mask for e in encodings], dtype=np.int64))
 
     def encode(self, texts: list[str], *, prompt: str = "", batch_size: int = 32, **_: Any) -> np.ndarray:
         """Mean-pooled token states of ``prompt + text`` for each text, ``(len(texts), dim)`` float32.
@@ -140,12 +220,9 @@ class OnnxEncoder:
         out = np.empty((len(full), self._dim), dtype=np.float32)
         for start in range(0, len(full), batch_size):
             idx = order[start : start + batch_size]
-            enc = self.tokenizer([full[i] for i in idx], padding=True, truncation=True,
-                                 max_length=min(self.max_seq_length, self.max_positions), return_tensors="np")
-            mask = enc["attention_mask"].astype(np.int64)
+            ids, mask = self.tokenize([full[i] for i in idx])
             try:
-                states = self.session.run(["last_hidden_state"], {"input_ids": enc["input_ids"].astype(np.int64),
-                                                                  "attention_mask": mask})[0]
+                states = self.session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
             except Exception as exc:  # ONNX Runtime's errors derive from Exception only
                 raise BackendError(f"ONNX Runtime failed: {type(exc).__name__}: {exc}") from exc
             weights = mask[..., None].astype(np.float32)
