@@ -85,3 +85,62 @@ def test_the_fast_constructors_make_the_same_values_as_the_dataclass():
         assert fast.evolve(**changes) is not fast and fast.fusion is None  # a copy; the original is unchanged
         with pytest.raises(dataclasses.FrozenInstanceError):
             fast.rank = 0.0  # type: ignore[misc]
+
+
+def _reference_linear_fusion(cands, spans, sims, bm25, rows, w):
+    """linear_fusion as it was written before it was vectorised: one small numpy computation per FAQ."""
+    is_chunk = np.array([rows[r].kind == "chunk" for span in spans for r in span], dtype=bool)
+    out, start = [], 0
+    for c, span in zip(cands, spans):
+        part = slice(start, start + len(span))
+        start += len(span)
+        if not span:
+            out.append(c.evolve(fusion=-np.inf, rank=-np.inf, ranked_by="fused"))
+            continue
+        cos, chunk = sims[part], is_chunk[part]
+        best = int(np.argmax(cos))
+        q_side = np.sort(cos[~chunk])[::-1] if (~chunk).any() else np.sort(cos)[::-1]
+        q_score = (q_side[0] + w.variant_weight * q_side[: w.variant_k].mean()) / (1 + w.variant_weight)
+        a_score = cos[chunk].max() if chunk.any() else q_side[0]
+        bm = float(bm25[part].max()) if bm25 is not None else c.bm25
+        fused = float(q_score + w.answer * a_score + w.bm25 * (bm or 0.0))
+        out.append(c.evolve(vector=float(cos[best]), row=rows[span[best]], bm25=bm, fusion=fused, rank=fused,
+                            ranked_by="fused"))
+    return sorted(out, key=lambda c: (-(c.fusion or 0.0), -(c.vector or 0.0)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_linear_fusion_equals_the_per_faq_reference(seed):
+    """Random candidate sets (FAQs with only chunks, only questions, empty spans, more variants than
+    variant_k, tied cosines, BM25 failed or not): the same scores, best rows and ranking as the reference."""
+    rng = np.random.default_rng(seed)
+    rows, spans, cands = [], [], []
+    for f in range(int(rng.integers(1, 60))):
+        faq = f"f{f}"
+        kinds = list(rng.choice(["question", "variant", "chunk"], size=int(rng.integers(0, 12)), p=[0.2, 0.5, 0.3]))
+        if seed % 5 == 0 and f % 3 == 0:
+            kinds = ["chunk"] * len(kinds)
+        spans.append(list(range(len(rows), len(rows) + len(kinds))))
+        rows += [IndexRow(faq, k, f"{faq}{i}", i if k == "chunk" else None) for i, k in enumerate(kinds)]
+        cands.append(Candidate(entry=entry(faq, faq, "a"), row=rows[-1] if kinds else IndexRow(faq, "question", faq),
+                               bm25=None if f % 4 else float(rng.random())))
+    n_rows = sum(len(s) for s in spans)
+    ties = seed % 2 == 0  # coarse cosines: equal values within a FAQ, where the first best row must win
+    sims = (np.round(rng.random(n_rows), 1) if ties else rng.random(n_rows)).astype(np.float32)
+    bm25 = None if seed % 3 == 0 else rng.random(n_rows).astype(np.float32)
+    w = LinearWeights(answer=float(rng.random()), bm25=float(rng.random()), variant_k=int(rng.integers(1, 7)),
+                      variant_weight=float(rng.random() * 2))
+    got = linear_fusion(cands, spans, sims, bm25, rows, w)
+    want = _reference_linear_fusion(cands, spans, sims, bm25, rows, w)
+    by_id = {c.entry.id: c for c in got}
+    assert len(got) == len(want) == len(cands) and set(by_id) == {c.entry.id for c in want}
+    for ref in want:
+        c = by_id[ref.entry.id]
+        assert (c.row, c.ranked_by, c.bm25 is None) == (ref.row, ref.ranked_by, ref.bm25 is None)
+        assert c.vector == pytest.approx(ref.vector, abs=1e-6) and c.fusion == pytest.approx(ref.fusion, abs=1e-6)
+        assert c.rank == c.fusion and (ref.bm25 is None or c.bm25 == pytest.approx(ref.bm25, abs=1e-6))
+    # the same ranking wherever the reference's scores are not within float noise of each other
+    keys = [(-(c.fusion or 0.0), -(c.vector or 0.0)) for c in want]
+    clear = [i for i in range(len(want)) if all(abs(keys[i][0] - keys[j][0]) > 1e-5 for j in range(len(want)) if j != i)]
+    assert len(clear) > len(want) // 2
+    assert [got[i].entry.id for i in clear] == [want[i].entry.id for i in clear]

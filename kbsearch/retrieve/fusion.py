@@ -50,7 +50,10 @@ def linear_fusion(cands: Sequence[Candidate], spans: Sequence[Sequence[int]], si
     ``(best + w.variant_weight * mean of the best w.variant_k) / (1 + w.variant_weight)`` over the FAQ's
     question and variant cosines, the answer side is its best answer-chunk cosine (the question side's best
     when it has no chunk), and BM25 its best normalised row score. Each candidate's ``vector`` becomes its
-    best row cosine and ``row`` that row.
+    best row cosine (the first such row on a tie) and ``row`` that row.
+
+    The arithmetic runs over all candidates' rows at once (grouped, sorted, cumulated), in float64; one
+    small numpy computation per FAQ cost ~5 ms a question with a hundred candidates.
 
     Args:
         cands: The candidate FAQs (vector and BM25 finds, one each).
@@ -60,24 +63,50 @@ def linear_fusion(cands: Sequence[Candidate], spans: Sequence[Sequence[int]], si
         rows: The build's index rows.
         w: The weights.
     """
-    is_chunk = np.array([rows[r].kind == "chunk" for span in spans for r in span], dtype=bool)
-    out: list[Candidate] = []
-    start = 0
-    for c, span in zip(cands, spans):
-        part = slice(start, start + len(span))
-        start += len(span)
-        if not span:
+    n = len(cands)
+    lengths = np.fromiter((len(span) for span in spans), dtype=np.intp, count=n)
+    flat = [r for span in spans for r in span]
+    if not flat:
+        return sorted((c.evolve(fusion=-np.inf, rank=-np.inf, ranked_by="fused") for c in cands), key=_order)
+    cos = np.asarray(sims, dtype=np.float64)
+    group = np.repeat(np.arange(n), lengths)
+    starts = np.cumsum(lengths) - lengths
+    is_chunk = np.fromiter((rows[r].kind == "chunk" for r in flat), dtype=bool, count=len(flat))
+    # each FAQ's rows, best cosine first; lexsort is stable, so equal cosines keep their order (as argmax)
+    order = np.lexsort((-cos, group))
+    filled = lengths > 0
+    best_pos = np.where(filled, order[np.minimum(starts, len(flat) - 1)], 0)
+    # the question side: question and variant rows, or every row of a FAQ that has only chunks
+    has_question = np.bincount(group, weights=~is_chunk, minlength=n) > 0
+    q_rows = order[(~is_chunk | ~has_question[group])[order]]
+    q_count = np.bincount(group[q_rows], minlength=n)
+    q_start = np.cumsum(q_count) - q_count
+    q_cos = cos[q_rows]
+    q_sum = np.concatenate(([0.0], np.cumsum(q_cos)))
+    top_k = np.minimum(q_count, w.variant_k)
+    q_best = q_cos[np.minimum(q_start, len(q_cos) - 1)]
+    q_mean = (q_sum[q_start + top_k] - q_sum[q_start]) / np.maximum(top_k, 1)
+    q_score = (q_best + w.variant_weight * q_mean) / (1 + w.variant_weight)
+    a_best = np.full(n, -np.inf)
+    np.maximum.at(a_best, group[is_chunk], cos[is_chunk])
+    a_score = np.where(np.isfinite(a_best), a_best, q_best)
+    if bm25 is not None:
+        bm_best = np.full(n, -np.inf)
+        np.maximum.at(bm_best, group, np.asarray(bm25, dtype=np.float64))
+        bms: list[float | None] = bm_best.tolist()
+    else:
+        bms = [c.bm25 for c in cands]
+    partial = (q_score + w.answer * a_score).tolist()
+    vectors, best_rows = cos[best_pos].tolist(), [flat[i] for i in best_pos.tolist()]
+    out = []
+    for i, c in enumerate(cands):
+        if not filled[i]:
             out.append(c.evolve(fusion=-np.inf, rank=-np.inf, ranked_by="fused"))
             continue
-        cos, chunk = sims[part], is_chunk[part]
-        best = int(np.argmax(cos))
-        q_side = np.sort(cos[~chunk])[::-1] if (~chunk).any() else np.sort(cos)[::-1]
-        q_score = (q_side[0] + w.variant_weight * q_side[: w.variant_k].mean()) / (1 + w.variant_weight)
-        a_score = cos[chunk].max() if chunk.any() else q_side[0]
-        bm = float(bm25[part].max()) if bm25 is not None else c.bm25
-        fused = float(q_score + w.answer * a_score + w.bm25 * (bm or 0.0))
-        out.append(c.evolve(vector=float(cos[best]), row=rows[span[best]], bm25=bm, fusion=fused, rank=fused,
-                           ranked_by="fused"))
+        bm = bms[i]
+        fused = partial[i] + w.bm25 * (bm or 0.0)
+        out.append(c.evolve(vector=vectors[i], row=rows[best_rows[i]], bm25=bm, fusion=fused, rank=fused,
+                            ranked_by="fused"))
     return sorted(out, key=_order)
 
 
