@@ -7,7 +7,8 @@ own home, and served by a real ``kbsearch serve`` on loopback. Printed per size:
 
 - ingest: rows, seconds, embedding rows/s inside ingest next to the bare model's rows/s on the same texts;
 - cold start (process start to ``/readyz`` 200; in brackets, the part a new process spends importing what the
-  server imports: torch, onnxruntime, transformers, FAISS, kbsearch) and the server's RSS after the load;
+  server imports: kbsearch, FastAPI, onnxruntime, FAISS, tokenizers; torch too with embed.runtime=torch) and the
+  server's RSS after the load;
 - ``/ask`` at 1, 4 and 16 clients (the benchmarks' held-out questions): requests/s, p50/p95/p99 and the
   answers degraded; the median of each stage's time (``timings_ms``);
 - the bare path in this process: embed one question + FAISS top-50, p50/p95, and /ask p50 ÷ that p50;
@@ -121,16 +122,20 @@ class Server:
         self.log.close()
 
 
-IMPORTS = ("import kbsearch.cli; from kbsearch.api.app import create_app; "
-           "import torch, onnxruntime, transformers, faiss")  # what `kbsearch serve` imports before it can answer
+IMPORTS = "import kbsearch.cli; from kbsearch.api.app import create_app; import onnxruntime, faiss, tokenizers"
+"""What ``kbsearch serve`` imports before it can answer with e5-small on ONNX Runtime (the CPU default): torch and
+transformers are not imported unless a model needs them."""
+TORCH_IMPORTS = "; import torch, transformers, sentence_transformers"
+"""What it imports besides with ``embed.runtime=torch``."""
 
 
 def imports_s(env: dict[str, str]) -> float:
     """Seconds a new Python process takes to import what the server imports (best of 3, warm page cache)."""
+    code = IMPORTS + (TORCH_IMPORTS if env.get("KBSEARCH_EMBED__RUNTIME") == "torch" else "")
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
         best = min(best, time.perf_counter() - t)
     return best
 
