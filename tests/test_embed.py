@@ -179,6 +179,19 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_device("gpu")
 
 
+def test_auto_device_resolves_without_torch_where_no_gpu_driver_exists() -> None:
+    """A CPU machine (no NVIDIA/AMD/WSL driver nodes) answers ``auto`` without importing torch; where a
+    driver exists, torch is asked."""
+    code = ("import sys, kbsearch.devices as d; d._gpu_driver_present = lambda: {present};"
+            "print(d.resolve_device('auto'), 'torch' in sys.modules)")
+    run = lambda present: subprocess.run([sys.executable, "-c", code.format(present=present)], capture_output=True,
+                                         text=True, check=True).stdout.split()
+    assert run(False) == ["cpu", "False"]
+    import torch
+
+    assert run(True) == ["cuda" if torch.cuda.is_available() else "cpu", "True"]
+
+
 def test_package_import_is_light() -> None:
     code = (
         "import sys; from kbsearch.config import Settings; from kbsearch.embed import make_embedder;"
