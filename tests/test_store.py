@@ -196,3 +196,15 @@ def test_build_time_reads_back_when_an_id_was_made():
     now = dt.datetime(2026, 12, 2, 6, 7, 8, 999_999, tzinfo=dt.timezone.utc)
     assert build_time(new_build_id(now)) == now
     assert [build_time(i) for i in ("b1", "20261399T000000Z-000000", "20261202T060708Z-fffff0")] == [None] * 3
+
+
+def test_json_lines_parse_as_one_array_and_line_by_line_alike():
+    from kbsearch.index.store import _parse_jsonl
+
+    records = [{"text": "line one\nline two", "n": 1}, {"text": "逗号，, comma", "n": 2}, {"text": "", "n": 3}]
+    written = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    assert _parse_jsonl(written) == records and _parse_jsonl(b"") == []
+    # blank lines (never written by the build, possible in a hand-edited file) fall back to one line at a time
+    assert _parse_jsonl(written.replace(b"\n", b"\n\n", 1) + b"\r\n") == records
+    with pytest.raises(ValueError):
+        _parse_jsonl(written + b"{not json}\n")
