@@ -18,6 +18,7 @@ The KB reranker is not trained (``kb_reranker.auto_train=false``): these are the
 
     .venv/bin/python bench/perf.py                         # 1k, 10k, 100k rows; writes docs/performance.md
     .venv/bin/python bench/perf.py --sizes 1000 --seconds 5 --no-write
+    .venv/bin/python bench/perf.py --work /tmp/perf   # keeps the KBs; a rerun serves them again without ingesting
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,17 +168,25 @@ def measure(rows: int, seconds: float, clients: list[int], data: tuple, work: Pa
     texts, answers, queries = data
     home, kb = work / f"home-{rows}", f"kb{rows}"
     faqs = work / f"faqs-{rows}.jsonl"
-    faqs.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kb_rows(rows, texts, answers, answer_chars=answer_chars)),
-                    encoding="utf-8")
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kb_rows(rows, texts, answers, answer_chars=answer_chars))
     env = {**env, "KBSEARCH_HOME": str(home), "KBSEARCH_DEFAULT_KB": kb}
-    t = time.perf_counter()
-    ingest = subprocess.run(CLI + ["ingest", str(faqs), "--kb", kb, "--json"], env=env, capture_output=True,
-                            text=True, check=True)
-    ingest_s = time.perf_counter() - t
-    summary = json.loads(ingest.stdout)
-    embed_s = summary["report"]["stage_seconds"].get("embed") or float("nan")
+    reuse = (faqs.is_file() and faqs.read_text(encoding="utf-8") == text and (home / kb / "ACTIVE").is_file()
+             and (work / f"ingest-{rows}.json").is_file())
+    if reuse:  # --work: the same KB was ingested there before; serve that build (no ingest figures this run)
+        summary = json.loads((work / f"ingest-{rows}.json").read_text(encoding="utf-8"))
+        ingest_s = embed_s = float("nan")
+    else:
+        faqs.write_text(text, encoding="utf-8")
+        shutil.rmtree(home, ignore_errors=True)
+        t = time.perf_counter()
+        ingest = subprocess.run(CLI + ["ingest", str(faqs), "--kb", kb, "--json"], env=env, capture_output=True,
+                                text=True, check=True)
+        ingest_s = time.perf_counter() - t
+        (work / f"ingest-{rows}.json").write_text(ingest.stdout, encoding="utf-8")
+        summary = json.loads(ingest.stdout)
+        embed_s = summary["report"]["stage_seconds"].get("embed") or float("nan")
     out = {"rows": summary["rows"], "entries": summary["report"].get("kept"), "ingest_s": ingest_s,
-           "ingest_rows_s": summary["rows"] / embed_s, "levels": {}}
+           "ingest_rows_s": summary["rows"] / embed_s, "reused": reuse, "levels": {}}
     out["imports_s"] = imports_s(env)
     server = Server(env, work / f"serve-{rows}.log")
     try:
@@ -220,7 +230,9 @@ def render(results: list[dict], args: argparse.Namespace, env: dict[str, str]) -
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for i, (n, lv) in enumerate(r["levels"].items()):
-            head = (f"| {r['rows']:,} | {r['ingest_s']:.0f} | {r['ingest_rows_s']:.0f} ({r['bare_rows_s']:.0f}) | "
+            ingest = (f"reused | – ({r['bare_rows_s']:.0f})" if r.get("reused") else
+                      f"{r['ingest_s']:.0f} | {r['ingest_rows_s']:.0f} ({r['bare_rows_s']:.0f})")
+            head = (f"| {r['rows']:,} | {ingest} | "
                     f"{r['cold_start_s']:.1f} ({r['imports_s']:.1f}) | {r['rss_mb']:.0f} |") if i == 0 else "| | | | | |"
             bare = f"{r['bare']['p50']:.1f} / {r['bare']['p95']:.1f}" if i == 0 else ""
             ratio = f"{lv['p50'] / r['bare']['p50']:.2f}" if n == 1 else ""
@@ -240,6 +252,8 @@ def main() -> None:
     ap.add_argument("--answer-chars", type=int, default=0, help="cut answers to this many characters (0 = whole)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/performance.md")
     ap.add_argument("--set", nargs="*", default=[], metavar="KBSEARCH_X=Y", help="settings for the servers")
+    ap.add_argument("--work", type=Path, help="keep the KBs in this folder and serve a size's earlier build there "
+                    "when its FAQ file is the same (ingest is then not measured: 'reused'); default: a temporary folder")
     args = ap.parse_args()
     data = corpus()
     cache = os.environ.get("KBSEARCH_MODEL_CACHE", str(Path.home() / ".cache" / "kbsearch" / "models"))
@@ -247,8 +261,10 @@ def main() -> None:
            **dict(s.split("=", 1) for s in args.set)}
     results = []
     with tempfile.TemporaryDirectory(prefix="kbsearch-perf-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for rows in args.sizes:
-            results.append(measure(rows, args.seconds, args.clients, data, Path(tmp), env, args.answer_chars))
+            results.append(measure(rows, args.seconds, args.clients, data, work, env, args.answer_chars))
             print(render(results, args, {k: v for k, v in env.items() if k.startswith("KBSEARCH_")}), flush=True)
     table = render(results, args, {k: v for k, v in env.items() if k.startswith("KBSEARCH_")})
     if not args.no_write:
