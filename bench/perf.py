@@ -98,14 +98,14 @@ def _rss_mb(pid: int) -> float:
 
 
 class Server:
-    """``kbsearch serve`` on a free loopback port; ``cold_start_s`` until ``/readyz`` answered 200."""
+    """``kbsearch serve`` (or ``cmd`` + ``--port``) on a free loopback port; ``cold_start_s`` until ``/readyz`` answered 200."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, cmd: list[str] | None = None) -> None:
         self.port = _port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(CLI + ["serve", "--port", str(self.port)], env=env, stdout=self.log,
+        self.proc = subprocess.Popen((cmd or CLI + ["serve"]) + ["--port", str(self.port)], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         while True:
             if self.proc.poll() is not None:
