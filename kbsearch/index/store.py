@@ -18,8 +18,8 @@ relative to the KB, never absolute paths: they reach ``/readyz`` and hand-off re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import datetime as dt
+import hashlib
 import json
 import os
 import re
