@@ -6,6 +6,8 @@ question alone already keeps most of the cores busy (ONNX Runtime spreads its fo
 threads), no server can multiply its throughput by more than the idle cores plus what batching saves.
 
     .venv/bin/python bench/naive_baseline.py --home /tmp/perf/home-10000 --kb kb10000   # a bench/perf.py --work KB
+
+It prints the table and writes it to ``docs/naive_baseline.md`` (``--no-write``: print only).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--home", type=Path, required=True, help="a KBSEARCH_HOME holding --kb")
     ap.add_argument("--kb", required=True)
     ap.add_argument("--seconds", type=float, default=15.0, help="per load level")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/naive_baseline.md")
     args = ap.parse_args()
     _, _, queries = corpus()
     build = args.home / args.kb / "builds" / str(active_build_id(args.home / args.kb))
@@ -64,11 +67,20 @@ def main() -> None:
                         f"{many['rps']:.1f} | {many['p50']:.0f} | {many['cores']:.2f} | {many['cpu_ms']:.0f} | "
                         f"**{many['rps'] / one['rps']:.2f}×** | {one['bad'] + many['bad']} |")
             print(rows[-1], flush=True)
-    print(f"\n{platform.machine()}, {psutil.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, {args.kb}, "
-          f"{args.seconds:g} s per level; CPU is the server process's (the load generator runs beside it).\n")
-    print("| server | 1 client req/s | p50 ms | cores | CPU ms/req | 16 clients req/s | p50 ms | cores | CPU ms/req "
-          "| 16 ÷ 1 | errors + degraded |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    table = "\n".join([
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{time.strftime('%Y-%m-%d')}. Command: `.venv/bin/python bench/naive_baseline.py {' '.join(sys.argv[1:])}` "
+        f"({sum(1 for _ in open(build / 'rows.jsonl', encoding='utf-8')):,} index rows). {args.seconds:g} s per level; "
+        "CPU is the server process's (the load generator runs beside it on the same cores).", "",
+        "| server | 1 client req/s | p50 ms | cores | CPU ms/req | 16 clients req/s | p50 ms | cores | CPU ms/req "
+        "| 16 ÷ 1 | errors + degraded |", "|---|---|---|---|---|---|---|---|---|---|---|", *rows])
+    print("\n" + table)
+    if not args.no_write:
+        doc = Path(__file__).resolve().parents[1] / "docs" / "naive_baseline.md"
+        doc.write_text("# kbsearch against a naive FastAPI + FAISS app\n\nWritten by `bench/naive_baseline.py` (its "
+                       "docstring says what it measures); regenerate it with that script rather than editing it.\n\n"
+                       + table + "\n", encoding="utf-8")
+        print(f"wrote {doc}")
 
 
 if __name__ == "__main__":
