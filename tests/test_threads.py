@@ -130,3 +130,44 @@ def test_faiss_searches_use_the_set_thread_count_in_every_searching_thread():
     finally:
         set_search_threads(None)
         faiss_backend._thread_state.__dict__.clear()
+
+
+# Runs the real `kbsearch serve` up to uvicorn, which it replaces: loads the engine (e5-small on ONNX Runtime,
+# as on any CPU machine; the GPU probe is pinned to "none" so a GPU box runs the same path), answers one
+# question, and reports whether torch was imported; then imports torch and reports the threads it got.
+NO_TORCH_PROBE = r"""
+import json, sys
+import kbsearch.api.server, kbsearch.cli, kbsearch.devices
+
+kbsearch.devices._gpu_driver_present = lambda: False
+
+
+def serve(app, api):
+    engine = app.state.engine
+    engine.load()
+    vector = engine.embedder.embed_queries(["where is my order"])
+    seen = {"dim": int(vector.shape[1]), "torch_imported": "torch" in sys.modules,
+            "transformers_imported": "transformers" in sys.modules}
+    import torch
+
+    seen["threads"] = torch.get_num_threads()
+    print(json.dumps(seen))
+
+
+kbsearch.api.server.serve = serve
+kbsearch.cli.main(["serve"])
+"""
+
+
+@pytest.mark.slow
+def test_serve_on_onnx_runtime_never_imports_torch_and_torch_still_gets_the_threads(tmp_path: Path,
+                                                                                    e5_cache: Path) -> None:
+    n = usable_cpus() + 1
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KBSEARCH_")}
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH_PROBE], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, check=False, env={**clean, "KBSEARCH_HOME": str(tmp_path / "home"),
+                                                         "KBSEARCH_MODEL_CACHE": str(e5_cache),
+                                                         "KBSEARCH_TORCH_THREADS": str(n)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"dim": 384, "torch_imported": False,
+                                                         "transformers_imported": False, "threads": n}
