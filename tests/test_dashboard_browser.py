@@ -52,6 +52,10 @@ def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "KBSEARCH_HOME": str(home), "KBSEARCH_ADMIN_KEYS": f"ops:{KEY}",
            "KBSEARCH_QUESTIONLOG__FLUSH_INTERVAL_S": "0.05",
+           # the loop under test is the first stage's: a KB reranker trained in the background after the publish
+           # could start serving mid-test (timing-dependent) and, as of 2026-12-02, may rank zh-012 above the
+           # FAQ the question was just attached to verbatim (a known weakness, in the session note)
+           "KBSEARCH_KB_RERANKER__AUTO_TRAIN": "false",
            # a log of its own: the shared home's log holds what other tests asked
            "KBSEARCH_QUESTIONLOG__URL": f"sqlite:///{tmp_path / 'questions.db'}"}
     with running_server(env) as base:
