@@ -132,6 +132,15 @@ class IndexSettings(_Group):
         "them in the background, so that a KB is loaded before /readyz lists it and no question waits for a load "
         "(0 = only on a KB's next question).")
 
+    @field_validator("milvus_uri")
+    @classmethod
+    def _milvus_uri(cls, value: str) -> str:
+        """A server's uri or a milvus-lite file: anything else would be taken by pymilvus for a host name."""
+        if value and not (re.match(r"^(https?|tcp)://[^/\s]+", value) or value.startswith("unix:") or value.endswith(".db")):
+            raise ValueError("milvus_uri must be http(s)://host:port of a Milvus server, or a local path ending in .db "
+                             f"for milvus-lite (empty: <home>/milvus.db); got {value[:80]!r}")
+        return value
+
 
 class RetrieveSettings(_Group):
     """The first stage: candidate FAQs and their first-stage scores (``kbsearch.retrieve``)."""
@@ -182,7 +191,7 @@ class RerankSettings(_Group):
     api_key: str = Field("", repr=False, description="remote: bearer token sent to the model server (empty: none).")
     remote_api: Literal["cohere", "tei"] = Field(
         "cohere", description="remote: cohere = POST {query, documents, model} answered {results: [{index, "
-        "relevance_score}]} (Jina/Cohere shape: vLLM, Infinity, sglang); tei = POST {query, texts} answered "
+        "relevance_score}]} (Jina/Cohere shape: vLLM, Infinity; sglang answers a bare list and is not supported); tei = POST {query, texts} answered "
         "[{index, score}] (text-embeddings-inference).")
     timeout_s: float = Field(10.0, gt=0, le=3600, description="remote: one HTTP call's timeout.")
     max_retries: int = Field(2, ge=0, le=20, description="remote: retries of a call answered 429/5xx or cut off "
@@ -434,6 +443,11 @@ class Settings(BaseSettings):
         "many inter-op), ONNX Runtime each e5-small call (every command), and FAISS each search, set once at start; 0 = auto: every usable CPU (the embedding model runs on one thread, one batch at a "
         "time: 2 threads answered 113 questions/s at 16 clients on 2 cores against 84 with 1, bench/batching.py). The batch commands "
         "(ingest, eval, training) keep torch's default of one per core.")
+
+    model_load_retry_s: float = Field(
+        30.0, ge=0, le=86400, description="A server whose embedder or reranker failed to load (a model server not up "
+        "yet, a GPU busy) tries again this often in the background, and serves with it once it loads; meanwhile "
+        "BM25 (or the first stage) answers and /readyz says why (0 = never retry: restart to try again).")
 
     embed: EmbedSettings = EmbedSettings()
     index: IndexSettings = IndexSettings()

@@ -52,3 +52,13 @@ SMALL_KB = [
     entry("en-pw", "How do I reset my password?", "Use 'Forgot password' on the sign-in page.", section="Account"),
     entry("old-1", "双十一活动规则", "2023年双十一满300减50。", valid_until=dt.date(2023, 11, 30)),
 ]
+
+
+def sample_questions() -> list[tuple[str, str]]:
+    """(question, expected id or 'handoff') rows of docs/sample_questions.md's table."""
+    rows = []
+    for line in (REPO / "docs" / "sample_questions.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0] and not set(cells[0]) <= set("-: ") and cells[0].lower() != "question":
+            rows.append((cells[0], cells[1].strip("`")))
+    return rows

@@ -19,19 +19,9 @@ import pytest
 
 from debian import ensure_binary
 from servers import free_port, post, running_server, stop
-from support import REPO
+from support import REPO, sample_questions
 
 pytestmark = pytest.mark.slow
-
-
-def sample_questions() -> list[tuple[str, str]]:
-    """(question, expected id or 'handoff') rows of docs/sample_questions.md's table."""
-    rows = []
-    for line in (REPO / "docs" / "sample_questions.md").read_text(encoding="utf-8").splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 2 and cells[0] and not set(cells[0]) <= set("-: ") and cells[0].lower() != "question":
-            rows.append((cells[0], cells[1].strip("`")))
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from kbsearch.rerank.base import RerankPlanner
 from kbsearch.rerank.cross_encoder import CrossEncoderReranker, Qwen3Reranker
 from kbsearch.rerank.kb import KbRerankPlanner
 from kbsearch.rerank.plan import SharedRerankPlanner
+from kbsearch.rerank.remote import RemoteReranker
 
 
 def make_rerank_planner(settings: Settings) -> RerankPlanner:
@@ -19,6 +20,7 @@ def make_rerank_planner(settings: Settings) -> RerankPlanner:
     ``none`` -> no reranker; ``kb`` -> each KB's own trained model (``kb_reranker.max_length``);
     ``qwen3`` -> ``Qwen3Reranker`` with ``rerank.instruction``; ``cross-encoder`` -> ``CrossEncoderReranker``.
     Both model backends take ``rerank.model``, ``rerank.batch_size``, ``rerank.max_length`` and ``device``.
+    ``remote`` -> ``RemoteReranker`` on ``rerank.base_url`` (``remote_api``, ``model``, ``batch_size``, timeouts).
 
     Raises:
         BadInputError: unknown backend, or a setting the backend rejects.
@@ -34,4 +36,9 @@ def make_rerank_planner(settings: Settings) -> RerankPlanner:
         return SharedRerankPlanner(Qwen3Reranker(r.model, r.instruction, **limits), r.doc)
     if r.backend == "cross-encoder":
         return SharedRerankPlanner(CrossEncoderReranker(r.model, **limits), r.doc)
-    raise BadInputError(f"unknown rerank backend {r.backend!r}; expected 'none', 'kb', 'qwen3' or 'cross-encoder'")
+    if r.backend == "remote":
+        return SharedRerankPlanner(RemoteReranker(r.base_url, r.model, api=r.remote_api, batch_size=r.batch_size,
+                                                  api_key=r.api_key, timeout_s=r.timeout_s,
+                                                  max_retries=r.max_retries), r.doc)
+    raise BadInputError(f"unknown rerank backend {r.backend!r}; expected 'none', 'kb', 'qwen3', 'cross-encoder' "
+                        "or 'remote'")

@@ -152,6 +152,12 @@ class BuildCache:
             log.error("knowledge base %r: %s", kb, why)
             self._problems[kb] = why
 
+    def check_loaded(self) -> None:
+        """Check every held build against the embedder, which has just loaded (builds loaded before went unchecked)."""
+        with self._lock:
+            for build in self._builds.values():
+                self._check_embedder(build)
+
     def _check_embedder(self, build: Build) -> None:
         """Refuse the vector index of a build made with another model, dimension or prompts.
 

@@ -55,6 +55,7 @@ class EngineParts:
         self.reranker_error: str | None = None
         self.load_seconds: dict[str, float] = {}
         self.loaded = False
+        self._models_tried = 0.0  # time.monotonic() of the last model load
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -67,18 +68,7 @@ class EngineParts:
         """
         if self.loaded:
             return
-        for name, component in (("embedder", self.embedder), ("reranker", self.planner)):
-            t = time.perf_counter()
-            try:
-                component.load()
-            except Exception as exc:  # any model-loading failure: serve without it, and say why in /readyz
-                log.exception("%s failed to load", name)
-                error = f"{type(exc).__name__}: {exc}"
-                if name == "embedder":
-                    self.vector.error = error
-                else:
-                    self.reranker_error = error
-            self.load_seconds[name] = time.perf_counter() - t
+        self._load_models(("embedder", "reranker"))
         self.builds.embedder_ready = self.vector.error is None
         for name in [kb] if kb else knowledge_bases(self.settings.home) or [self.settings.default_kb]:
             try:
@@ -88,6 +78,44 @@ class EngineParts:
             except (IndexCorruptError, BadInputError) as exc:
                 log.error("knowledge base %r cannot be served: %s", name, exc)
         self.loaded = True
+
+    def _load_models(self, names: Sequence[str]) -> None:
+        """Load the named models (``embedder``, ``reranker``), recording each failure instead of raising."""
+        self._models_tried = time.monotonic()
+        for name in names:
+            component = self.embedder if name == "embedder" else self.planner
+            t = time.perf_counter()
+            try:
+                component.load()
+                error = None
+            except Exception as exc:  # any model-loading failure: serve without it, and say why in /readyz
+                log.exception("%s failed to load", name)
+                error = f"{type(exc).__name__}: {exc}"
+            if name == "embedder":
+                self.vector.error = error
+            else:
+                self.reranker_error = error
+            self.load_seconds[name] = time.perf_counter() - t
+
+    def retry_models(self) -> list[str]:
+        """Load again a model that failed to load, once ``model_load_retry_s`` has passed since the last try.
+
+        A remote model server that was not up when the service started (or a GPU that was busy) is picked
+        up without a restart. Returns the models that loaded now.
+        """
+        failed = [name for name, error in (("embedder", self.vector.error), ("reranker", self.reranker_error)) if error]
+        every = self.settings.model_load_retry_s
+        if not failed or every <= 0 or time.monotonic() - self._models_tried < every:
+            return []
+        self._load_models(failed)
+        if "embedder" in failed and self.vector.error is None:
+            self.builds.embedder_ready = True
+            self.builds.check_loaded()
+        loaded = [name for name, error in (("embedder", self.vector.error), ("reranker", self.reranker_error))
+                  if name in failed and error is None]
+        for name in loaded:
+            log.warning("%s loaded on a later try; serving with it", name)
+        return loaded
 
     def refresh(self) -> list[str]:
         """Load what was published since: a KB's new build, a new KB. Returns the KBs whose build changed.
@@ -103,7 +131,7 @@ class EngineParts:
         return [name for name, b in self.builds.loaded().items() if before.get(name) != b.build_id]
 
     def watch(self) -> None:
-        """Run ``refresh()`` every ``index.watch_interval_s`` in a daemon thread until ``close()`` (a server)."""
+        """Run ``retry_models()`` and ``refresh()`` every ``index.watch_interval_s`` in a daemon thread until ``close()`` (a server)."""
         interval = self.settings.index.watch_interval_s
         if interval <= 0 or self._watcher is not None:
             return
@@ -111,6 +139,7 @@ class EngineParts:
         def loop() -> None:
             while not self._stop_watching.wait(interval):
                 try:
+                    self.retry_models()
                     changed = self.refresh()
                 except Exception:  # the watcher must outlive any surprise; the next round tries again
                     log.exception("looking for new builds failed")
