@@ -1,7 +1,11 @@
-"""The vector-index seam: one contract battery every backend (and FAISS's HNSW kind) passes, FAISS against the
-numpy oracle, the factory, and a whole build served through the query path on each backend."""
+"""The vector-index seam: one contract battery every backend (and FAISS's HNSW kind) passes, FAISS and Milvus
+(milvus-lite, in a temporary folder) against the numpy oracle, the factory, and a whole build served through the
+query path on each backend."""
 
 from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,6 +22,16 @@ BACKENDS = sorted(VECTOR_FILES)
 INDEXES = [(b, "flat") for b in BACKENDS] + [("faiss", "hnsw")]
 
 
+@pytest.fixture(scope="module")
+def milvus_target(tmp_path_factory):
+    """One milvus-lite database for the module (opening one costs ~0.5 s); every build gets its own collection."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from kbsearch.index.milvus_backend import MilvusTarget
+
+    return MilvusTarget(uri=str(tmp_path_factory.mktemp("milvus") / "contract.db"))
+
+
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     v = rng.standard_normal((n, d)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -31,17 +45,22 @@ def spec(request) -> tuple[str, str]:
     return request.param
 
 
-def _build(spec: tuple[str, str], vectors: np.ndarray) -> VectorIndex:
+@pytest.fixture()
+def make(spec, request) -> Callable[[np.ndarray], VectorIndex]:
+    """Builds ``spec``'s index over given vectors (milvus: a new collection in the module's milvus-lite)."""
     backend, kind = spec
     if kind == "hnsw":
-        return FaissIndex.build(vectors, device="cpu", hnsw=HnswParams())
-    return build_vector_index(backend, vectors)
+        return lambda vectors: FaissIndex.build(vectors, device="cpu", hnsw=HnswParams())
+    if backend == "milvus":
+        target = request.getfixturevalue("milvus_target")
+        return lambda vectors: build_vector_index(backend, vectors, milvus=target)
+    return lambda vectors: build_vector_index(backend, vectors)
 
 
-def test_contract_search(spec):
+def test_contract_search(spec, make):
     rng = np.random.default_rng(0)
     base = _unit(rng, 40, 16)
-    index = _build(spec, base)
+    index = make(base)
     assert isinstance(index, VectorIndex) and (index.backend, index.kind) == spec and index.dim == 16 and len(index) == 40
     queries = _unit(rng, 3, 16)
     scores, rows = index.search(queries, 100)  # k larger than the index is clamped
@@ -53,10 +72,10 @@ def test_contract_search(spec):
     assert one[1].shape == (1, 5)
 
 
-def test_contract_vectors_and_similarity(spec):
+def test_contract_vectors_and_similarity(spec, make):
     rng = np.random.default_rng(1)
     base = _unit(rng, 30, 8)
-    index = _build(spec, base)
+    index = make(base)
     rows = [3, 0, 29, 3]
     np.testing.assert_allclose(index.vectors(rows), base[rows], atol=1e-7)
     assert index.vectors([]).shape == (0, 8)
@@ -67,18 +86,18 @@ def test_contract_vectors_and_similarity(spec):
     assert found[:, 0].tolist() == [7, 12] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
 
 
-def test_contract_refuses_bad_input(spec):
-    index = _build(spec, np.eye(4, dtype=np.float32))
+def test_contract_refuses_bad_input(spec, make):
+    index = make(np.eye(4, dtype=np.float32))
     with pytest.raises(BadInputError, match="dimension"):
         index.search(np.ones((1, 3), dtype=np.float32), 1)
     with pytest.raises(BadInputError):
-        _build(spec, np.zeros((0, 4), dtype=np.float32))
+        make(np.zeros((0, 4), dtype=np.float32))
 
 
-def test_contract_save_load_and_no_overwrite(spec, tmp_path):
+def test_contract_save_load_and_no_overwrite(spec, make, tmp_path):
     rng = np.random.default_rng(2)
     backend = spec[0]
-    index = _build(spec, _unit(rng, 10, 8))
+    index = make(_unit(rng, 10, 8))
     path = tmp_path / VECTOR_FILES[backend]
     index.save(path)
     with pytest.raises(FileExistsError):
@@ -116,6 +135,16 @@ def test_faiss_equals_numpy_bruteforce():
     np.testing.assert_allclose(fs, ns, rtol=1e-5, atol=1e-5)
 
 
+def test_milvus_equals_numpy_bruteforce(milvus_target):
+    """Differential: milvus-lite's FLAT collection against the oracle, the same rows in the same order."""
+    rng = np.random.default_rng(3)
+    base, queries = _unit(rng, 2000, 32), _unit(rng, 50, 32)
+    ms, mr = build_vector_index("milvus", base, milvus=milvus_target).search(queries, 10)
+    ns, nr = NumpyIndex(base).search(queries, 10)
+    np.testing.assert_array_equal(mr, nr)
+    np.testing.assert_allclose(ms, ns, rtol=1e-5, atol=1e-5)
+
+
 def test_hnsw_finds_what_numpy_bruteforce_finds():
     """Differential, approximate: HNSW's top-10 against the oracle's on fresh queries (uniform random vectors,
     harder for a graph than real embeddings), recall >= 0.99 with the default parameters."""
@@ -126,8 +155,9 @@ def test_hnsw_finds_what_numpy_bruteforce_finds():
     assert recall_at_k(hs, ns) >= 0.99
 
 
-def test_same_answers_on_either_backend(tmp_path):
-    """A whole build on each backend, asked the same questions: same results and scores."""
+def test_same_answers_on_every_backend(tmp_path):
+    """A whole build on each backend (milvus: milvus-lite at <home>/milvus.db), asked the same questions: same
+    results and scores."""
     from conftest import TODAY
     from kbsearch.config import Settings
     from kbsearch.embed.fake import HashEmbedder
@@ -137,8 +167,9 @@ def test_same_answers_on_either_backend(tmp_path):
     from kbsearch.service.query import QueryEngine
     from support import SMALL_KB, one_chunk
 
+    backends = [b for b in BACKENDS if b != "milvus" or importlib.util.find_spec("pymilvus")]
     answers = {}
-    for backend in BACKENDS:
+    for backend in backends:
         s = Settings(home=tmp_path / backend, embed={"backend": "hash"}, index={"backend": backend},
                      decide={"threshold_vector": 0.5})
         built = build_index(s, "default", SMALL_KB[:4], [one_chunk(e) for e in SMALL_KB[:4]], HashEmbedder(dim=64), {})
@@ -155,8 +186,8 @@ def test_same_answers_on_either_backend(tmp_path):
                     by_score.setdefault(round(h.score, 5), set()).add(h.entry.id)
                 answers.setdefault((stage, q), []).append((sorted(by_score.items(), reverse=True), a.answered))
             engine.close()
-    for key, (faiss_answer, numpy_answer) in answers.items():
-        assert faiss_answer == numpy_answer, key
+    for key, (first, *others) in answers.items():
+        assert len(others) == len(backends) - 1 and all(other == first for other in others), key
 
 
 @pytest.mark.gpu

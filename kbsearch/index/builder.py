@@ -24,12 +24,13 @@ import numpy as np
 
 from kbsearch.config import Settings
 from kbsearch.embed.base import Embedder
-from kbsearch.errors import BadInputError
+from kbsearch.errors import BadInputError, KbsearchError
 from kbsearch.index.base import FLAT
 from kbsearch.index.factory import IndexChoice, build_index_by_size
 from kbsearch.index.lock import kb_writer
 from kbsearch.index.manifest import REPORT_FILE
-from kbsearch.index.store import Build, load_build, write_build
+from kbsearch.index.milvus_backend import MilvusIndex, MilvusTarget
+from kbsearch.index.store import Build, active_build_id, load_build, new_build_id, write_build
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
 
@@ -198,7 +199,10 @@ def publish_rows(
         reused: How many of the vectors came from a previous build (the rest were embedded).
     """
     t0 = time.perf_counter()
-    index, choice = build_index_by_size(settings.index, vectors)  # on the CPU; a service may load a flat one on a GPU
+    build_id = new_build_id()  # before the index: a milvus build's collection is named after it
+    milvus = (MilvusTarget.from_settings(settings.index, settings.home, kb=kb, build_id=build_id)
+              if settings.index.backend == "milvus" else None)
+    index, choice = build_index_by_size(settings.index, vectors, milvus=milvus)  # CPU; a service may load flat on a GPU
     log.log(logging.WARNING if choice.kind == FLAT and choice.recall_check else logging.INFO,
             "vector index of kb %r: %s", kb, choice.reason)
     bm25 = BM25Index.build([r.text for r in rows], tokenizer=BM25_TOKENIZER)
@@ -214,12 +218,25 @@ def publish_rows(
                  "tokenizer": BM25_TOKENIZER, "k1": bm25.k1, "b": bm25.b},
     }
     kb_dir = settings.kb_dir(kb)
-    build_id = write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25,
-                           report=report, manifest=manifest, keep=settings.index.keep_builds,
-                           recall_check=choice.recall_check)
+    try:
+        write_build(kb_dir, entries=entries, chunks=chunks, rows=rows, vectors=index, bm25=bm25, report=report,
+                    manifest=manifest, keep=settings.index.keep_builds, build_id=build_id,
+                    recall_check=choice.recall_check, token=settings.index.milvus_token)
+    except BaseException:
+        if isinstance(index, MilvusIndex) and not _published(kb_dir, build_id):
+            index.drop()  # its collection belongs to no served build: don't leave it behind in Milvus
+        raise
     seconds["write"] = time.perf_counter() - t1
     return BuildResult(build_id=build_id, path=kb_dir / "builds" / build_id, seconds=seconds, rows=len(rows),
                        embedded=len(rows) - reused, reused=reused, vector_index=choice)
+
+
+def _published(kb_dir: Path, build_id: str) -> bool:
+    """Whether ACTIVE names ``build_id`` (a write that failed after the swap, while pruning, did publish it)."""
+    try:
+        return active_build_id(kb_dir) == build_id
+    except KbsearchError:
+        return False
 
 
 def ingest_report_of(build: Build) -> dict[str, Any] | None:
@@ -244,7 +261,7 @@ def rebuild_index(settings: Settings, kb: str, embedder: Embedder, *, progress: 
         KbBusyError: another writer held the KB's lock for the whole wait.
     """
     with kb_writer(settings, kb, "rebuild-index"):
-        current = load_build(settings.kb_dir(kb), device="cpu")
+        current = load_build(settings.kb_dir(kb), device="cpu", token=settings.index.milvus_token)
         report: dict[str, Any] = {"rebuilt_from": current.build_id, "ingest_report": ingest_report_of(current)}
         chunks = sorted(current.chunks.values(), key=lambda c: (c.faq_id, c.ordinal))
         return build_index(settings, kb, list(current.entries.values()), chunks, embedder, report, progress=progress)

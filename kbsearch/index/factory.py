@@ -1,8 +1,11 @@
 """Pick the vector index backend by name (``IndexSettings.backend`` for new builds, the manifest's for loading),
 and the kind of index a new build gets by its size.
 
-Each backend names its file in a build directory; heavy libraries (faiss) are imported only by the
-backend that needs them. ``build_index_by_size`` gives a FAISS build of more than
+Each backend names its file in a build directory; heavy libraries (faiss, pymilvus) are imported only by
+the backend that needs them. ``milvus`` keeps its vectors in a Milvus collection (``milvus_backend``): a new
+build is told where by a ``MilvusTarget``, a loaded one reads it from its ``milvus.json``, and the store calls
+``publish_vector_index`` / ``drop_vector_index`` when a build is published or deleted (no-ops for the
+file backends). ``build_index_by_size`` gives a FAISS build of more than
 ``IndexSettings.approximate_above_rows`` rows an HNSW index instead of the exact flat one, once a
 recall check on the build's own vectors says it finds what exact search finds (``IndexChoice`` says
 which kind, why, and what the check measured).
@@ -13,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,8 +24,11 @@ from kbsearch.config import IndexSettings
 from kbsearch.errors import BadInputError
 from kbsearch.index.base import FLAT, RecallCheck, VectorIndex, check_vectors
 
-#: Backend name -> the file its index is saved as inside a build directory.
-VECTOR_FILES = {"faiss": "vectors.faiss", "numpy": "vectors.npy"}
+if TYPE_CHECKING:
+    from kbsearch.index.milvus_backend import MilvusTarget
+
+#: Backend name -> the file its index is saved as inside a build directory (milvus: where its collection is).
+VECTOR_FILES = {"faiss": "vectors.faiss", "numpy": "vectors.npy", "milvus": "milvus.json"}
 
 RECALL_K = 50
 """The recall check's k: the rows the service takes from the vector index (``RetrieveSettings.vector_top_k``)."""
@@ -43,26 +49,69 @@ def _backend(name: str) -> type:
         from kbsearch.index.numpy_backend import NumpyIndex
 
         return NumpyIndex
+    if name == "milvus":
+        from kbsearch.index.milvus_backend import MilvusIndex
+
+        return MilvusIndex
     raise BadInputError(f"unknown vector index backend {name!r}; expected one of {sorted(VECTOR_FILES)}")
 
 
-def build_vector_index(backend: str, vectors: np.ndarray, device: str = "cpu") -> VectorIndex:
+def build_vector_index(backend: str, vectors: np.ndarray, device: str = "cpu", *,
+                       milvus: MilvusTarget | None = None) -> VectorIndex:
     """A new exact ``backend`` index over ``vectors`` (``device`` ``cpu`` for a build that is only saved).
 
+    Args:
+        milvus: Where the milvus backend creates the build's collection (required for it, ignored by the others).
+
     Raises:
-        BadInputError: unknown backend, or ``vectors`` is not a non-empty matrix.
+        BadInputError: unknown backend, ``vectors`` is not a non-empty matrix, or milvus without a target.
+        BackendError: Milvus failed.
     """
+    if backend == "milvus":
+        return _backend(backend).build(vectors, device=device, target=milvus)
     return _backend(backend).build(vectors, device=device)
 
 
-def load_vector_index(backend: str, path: Path, device: str = "auto") -> VectorIndex:
+def load_vector_index(backend: str, path: Path, device: str = "auto", *, token: str = "") -> VectorIndex:
     """Load a ``backend`` index saved at ``path`` (on the GPU where the backend, the kind and ``device`` allow).
+
+    Args:
+        token: The Milvus server's token (``IndexSettings.milvus_token``), for the milvus backend.
 
     Raises:
         BadInputError: unknown backend.
-        IndexCorruptError: the file is missing or unreadable.
+        IndexCorruptError: the file is missing or unreadable (milvus: or its collection is gone).
+        BackendError: the milvus backend cannot reach its server.
     """
+    if backend == "milvus":
+        return _backend(backend).load(path, device=device, token=token)
     return _backend(backend).load(path, device=device)
+
+
+def publish_vector_index(backend: str, path: Path, *, token: str = "") -> None:
+    """What publishing the build whose index is saved at ``path`` takes besides the ``ACTIVE`` swap: for milvus,
+    moving the KB's alias to the build's collection; nothing for the file backends.
+
+    Raises:
+        IndexCorruptError: milvus: ``path`` is unreadable. BackendError: milvus: the alias could not be moved.
+    """
+    if backend == "milvus":
+        from kbsearch.index import milvus_backend
+
+        milvus_backend.publish(path, token=token)
+
+
+def drop_vector_index(backend: str, path: Path, *, token: str = "") -> None:
+    """Free what the index saved at ``path`` holds outside its build directory, before the directory is deleted:
+    for milvus, its collection; nothing for the file backends.
+
+    Raises:
+        IndexCorruptError: milvus: ``path`` is unreadable. BackendError: milvus: the collection could not be dropped.
+    """
+    if backend == "milvus":
+        from kbsearch.index import milvus_backend
+
+        milvus_backend.drop(path, token=token)
 
 
 @dataclass(frozen=True)
@@ -97,22 +146,25 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.minimum(hits, exact.shape[1]).sum() / exact.size)
 
 
-def build_index_by_size(settings: IndexSettings, vectors: np.ndarray) -> tuple[VectorIndex, IndexChoice]:
+def build_index_by_size(settings: IndexSettings, vectors: np.ndarray, *,
+                        milvus: MilvusTarget | None = None) -> tuple[VectorIndex, IndexChoice]:
     """A new index over ``vectors`` on the CPU, of the kind its size calls for, and why it is that kind.
 
     The flat (exact) index up to ``settings.approximate_above_rows`` rows, and always for the numpy
-    backend (the oracle). Above, a FAISS HNSW index (``settings.hnsw_*``), checked against exact search with
+    backend (the oracle) and the milvus backend (a ``FLAT`` collection at ``milvus``). Above, a FAISS HNSW
+    index (``settings.hnsw_*``), checked against exact search with
     ``RECALL_QUERIES`` of the build's own rows (seeded sample) as queries: its recall@``RECALL_K`` must
     reach ``settings.approximate_min_recall``; while it does not, efSearch is doubled (up to
     ``EF_SEARCH_MAX``), and if it never does, the build gets the flat index after all.
 
     Raises:
         BadInputError: unknown backend, or ``vectors`` is not a non-empty matrix.
+        BackendError: Milvus failed.
     """
     v = check_vectors(vectors)
     n, limit = v.shape[0], settings.approximate_above_rows
     if settings.backend != "faiss" or n <= limit:
-        index = build_vector_index(settings.backend, v)
+        index = build_vector_index(settings.backend, v, milvus=milvus)
         why = (f"{settings.backend} backend: always exact" if settings.backend != "faiss"
                else f"{n} rows <= approximate_above_rows {limit}: exact search")
         return index, IndexChoice(kind=index.kind, reason=why, params=index.params())

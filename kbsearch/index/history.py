@@ -103,14 +103,14 @@ def rollback(settings: Settings, kb: str, build_id: str) -> Rollback:
     """
     kb_dir = _existing_build(settings, kb, build_id)
     with kb_writer(settings, kb, f"rollback to {build_id}"):
-        build = load_build(kb_dir, build_id, device="cpu")
+        build = load_build(kb_dir, build_id, device="cpu", token=settings.index.milvus_token)
         broken = [f"{name}: {error}" for name, error in (("vector index", build.vector_error),
                                                           ("BM25 index", build.bm25_error)) if error]
         if broken:
             raise IndexCorruptError(f"build {build_id} cannot be rolled back to: {'; '.join(broken)}")
         previous = _active_or_none(kb_dir)
         if previous != build_id:
-            swap_active(kb_dir, build_id)
+            swap_active(kb_dir, build_id, token=settings.index.milvus_token)
     return Rollback(kb, build_id, previous, changed=previous != build_id)
 
 

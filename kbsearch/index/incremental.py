@@ -195,7 +195,7 @@ def publish_changes(
     with kb_writer(settings, kb, "publish changes"):  # one writer per KB: no update is lost
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        current = load_build(settings.kb_dir(kb), device="cpu")
+        current = load_build(settings.kb_dir(kb), device="cpu", token=settings.index.milvus_token)
         t1 = time.perf_counter()
         seconds["load_build"] = t1 - t0
         entries, chunks, counts = apply_changes(list(current.entries.values()), list(current.chunks.values()), changes)

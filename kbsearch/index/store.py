@@ -13,6 +13,10 @@ ACTIVE is swapped (a fsynced temp pointer renamed over it, then the KB folder fs
 point leaves the previous build served; the next writer removes the leftovers (``kbsearch.index.lock``,
 whose lock every write here holds). Loading verifies the checksums. Messages name builds and files
 relative to the KB, never absolute paths: they reach ``/readyz`` and hand-off reasons.
+
+A milvus build keeps its vectors in a Milvus collection outside the directory (``milvus.json`` says where):
+``swap_active`` moves the KB's Milvus alias to it before ACTIVE (``factory.publish_vector_index``), and
+``prune_builds`` drops a deleted build's collection before its directory (``factory.drop_vector_index``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,11 +42,13 @@ from kbsearch.config import KB_NAME_PATTERN
 from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.base import RecallCheck, VectorIndex
 from kbsearch.index.durable import fsync_path, fsync_tree, write_text_atomic
-from kbsearch.index.factory import VECTOR_FILES, load_vector_index
+from kbsearch.index.factory import VECTOR_FILES, drop_vector_index, load_vector_index, publish_vector_index
 from kbsearch.index.lock import writer_lock
 from kbsearch.index.manifest import BM25_FILE, REPORT_FILE, IndexManifest, VectorIndexInfo
 from kbsearch.lexical.bm25 import BM25Index
 from kbsearch.types import Chunk, FaqEntry, IndexRow
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
@@ -123,16 +130,22 @@ def knowledge_bases(home: Path) -> list[str]:
     return sorted(p.name for p in Path(home).iterdir() if re.fullmatch(KB_NAME_PATTERN, p.name) and (p / ACTIVE).is_file())
 
 
-def swap_active(kb_dir: Path, build_id: str) -> None:
+def swap_active(kb_dir: Path, build_id: str, *, token: str = "") -> None:
     """Point ACTIVE at ``build_id`` atomically and durably, holding the KB's writer lock.
+
+    A milvus build's alias is moved to its collection first (``token``: the server's), so a failure leaves
+    both ACTIVE and the alias on the previous build.
 
     Raises:
         NotFoundError: no complete build ``build_id``.
         KbBusyError: another writer holds the lock.
+        IndexCorruptError: the build's manifest is malformed. BackendError: Milvus did not move the alias.
     """
     if not re.fullmatch(BUILD_ID_PATTERN, build_id) or not (kb_dir / "builds" / build_id / MANIFEST).is_file():
         raise NotFoundError(f"knowledge base {kb_dir.name!r} has no build {build_id[:80]!r}")
     with writer_lock(kb_dir, "swap ACTIVE"):
+        vi = read_manifest(kb_dir, build_id).vector_index
+        publish_vector_index(vi.backend, kb_dir / "builds" / build_id / vi.file, token=token)
         write_text_atomic(kb_dir / ACTIVE, build_id + "\n")
 
 
@@ -149,6 +162,7 @@ def write_build(
     keep: int = 3,
     build_id: str | None = None,
     recall_check: RecallCheck | None = None,
+    token: str = "",
 ) -> str:
     """Write a complete build, activate it, prune old builds, and return its id (holding the KB's writer lock).
 
@@ -166,6 +180,7 @@ def write_build(
         build_id: Explicit id (tests); default a new timestamped id.
         recall_check: The recall check of an approximate ``vectors`` (or of the one it fell back from), recorded
             in the manifest's ``vector_index``.
+        token: The Milvus server's token, for a milvus build's alias swap and the drop of pruned builds' collections.
 
     Raises:
         KbBusyError: another writer holds the KB's lock.
@@ -175,8 +190,8 @@ def write_build(
     build_id = build_id or new_build_id()
     with writer_lock(kb_dir, "write a build", create=True):
         _write_complete(kb_dir, build_id, entries, chunks, rows, vectors, bm25, report, manifest, recall_check)
-        swap_active(kb_dir, build_id)
-        prune_builds(kb_dir, keep)
+        swap_active(kb_dir, build_id, token=token)
+        prune_builds(kb_dir, keep, token=token)
     return build_id
 
 
@@ -213,9 +228,11 @@ def _write_complete(kb_dir: Path, build_id: str, entries: list[FaqEntry], chunks
     fsync_path(builds)  # ... and so is the rename, before ACTIVE names the build
 
 
-def prune_builds(kb_dir: Path, keep: int) -> list[str]:
+def prune_builds(kb_dir: Path, keep: int, *, token: str = "") -> list[str]:
     """Delete all but the newest ``keep`` builds (never the active one); return the deleted ids.
 
+    A milvus build's collection is dropped first (``token``: the server's); when Milvus cannot drop it, the
+    build is kept (and logged), so the next prune tries again instead of leaving the collection behind.
     Call holding the KB's writer lock (``write_build`` does).
     """
     active = active_build_id(kb_dir)
@@ -224,6 +241,14 @@ def prune_builds(kb_dir: Path, keep: int) -> list[str]:
     deleted = []
     for p in builds[keep:]:
         if p.name != active:
+            try:
+                vi = read_manifest(kb_dir, p.name).vector_index
+                drop_vector_index(vi.backend, p / vi.file, token=token)
+            except IndexCorruptError:
+                pass  # no readable manifest or index record: nothing outside the folder is known to free
+            except KbsearchError as exc:
+                log.warning("build %s of kb %r kept: its vector index could not be freed: %s", p.name, kb_dir.name, exc)
+                continue
             shutil.rmtree(p, ignore_errors=True)
             deleted.append(p.name)
     return deleted
@@ -356,8 +381,8 @@ def _active_or_not_found(kb_dir: Path) -> str:
     return build_id
 
 
-def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") -> Build:
-    """Load a build (the active one by default), verifying every file's checksum.
+def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto", *, token: str = "") -> Build:
+    """Load a build (the active one by default), verifying every file's checksum (``token``: a Milvus server's).
 
     The entries, chunks and rows must be intact (else ``IndexCorruptError``); a missing or corrupt
     vector or BM25 index is recorded on the ``Build`` instead, so the service can still answer from
@@ -380,7 +405,7 @@ def load_build(kb_dir: Path, build_id: str | None = None, device: str = "auto") 
         chunks = _read_verified(path, "chunks.jsonl", manifest, Chunk.from_json)
         rows = _read_verified(path, "rows.jsonl", manifest, IndexRow.from_json)
         vectors, vector_error = _load_part(lambda: load_vector_index(
-            vi.backend, _verified(path, vi.file, manifest, digests.get(vi.file)), device=device))
+            vi.backend, _verified(path, vi.file, manifest, digests.get(vi.file)), device=device, token=token))
         bm25, bm25_error = _load_part(lambda: BM25Index.load(
             _verified(path, manifest.bm25_file, manifest, digests.get(manifest.bm25_file))))
     for name, idx in (("vector", vectors), ("bm25", bm25)):

@@ -36,10 +36,12 @@ class BuildCache:
         home: The directory holding every KB.
         embedder: The service's embedder; its ``describe()`` is compared with each build's.
         device: Where vector indexes are loaded (``auto`` = the GPU when one is present).
+        milvus_token: The Milvus server's token, for builds whose vectors live there.
     """
 
-    def __init__(self, home: Path, embedder: Embedder, device: str = "auto") -> None:
+    def __init__(self, home: Path, embedder: Embedder, device: str = "auto", milvus_token: str = "") -> None:
         self.home, self.embedder, self.device = Path(home), embedder, device
+        self._milvus_token = milvus_token
         self.embedder_ready = False  # set once the embedder has loaded: only then can a build be checked
         self._builds: dict[str, Build] = {}
         self._dirs: dict[str, Path] = {}
@@ -134,7 +136,7 @@ class BuildCache:
 
     def _load_usable(self, kb_dir: Path, build_id: str) -> Build:
         """``load_build``, refusing a build neither of whose indexes loads (it could only hand off)."""
-        build = load_build(kb_dir, build_id, device=self.device)
+        build = load_build(kb_dir, build_id, device=self.device, token=self._milvus_token)
         if build.vectors is None and build.bm25 is None:
             raise IndexCorruptError(f"build {build_id}: neither index loads ({build.vector_error}; {build.bm25_error})")
         return build

@@ -44,7 +44,7 @@ class EngineParts:
     def __init__(self, settings: Settings, embedder: Embedder, planner: RerankPlanner,
                  clock: Callable[[], dt.date] = dt.date.today, observers: Sequence[Callable[[Trace], None]] = ()):
         self.settings, self.planner, self._clock = settings, planner, clock
-        self.builds = BuildCache(settings.home, embedder, settings.device)
+        self.builds = BuildCache(settings.home, embedder, settings.device, settings.index.milvus_token)
         self.vector = VectorSearch(settings.retrieve, embedder)
         self.embedder = self.vector.model_embedder  # every model call of the service on one thread (retrieve.batching)
         self.bm25 = Bm25Stage(Bm25Search(settings.retrieve))
