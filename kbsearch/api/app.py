@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import SQLAlchemyError
@@ -47,6 +49,14 @@ from kbsearch.telemetry.logs import question_logger
 from kbsearch.telemetry.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger(__name__)
+
+#: Swagger UI 5 (``swagger-ui-bundle.js``, ``swagger-ui.css``), ReDoc 2 (``redoc.standalone.js``) and a favicon, as
+#: the PyPI package ``fastapi-offline`` ships them: ``/docs`` and ``/redoc`` load nothing from a CDN.
+DOCS_ASSETS = resources.files("fastapi_offline") / "static"
+DOCS_ASSETS_PATH = "/docs/static"
+#: The docs pages load nothing from another origin: ReDoc 2 always shows Redocly's logo from its CDN, which would
+#: otherwise leave the intranet (the pages need inline script and styles, blob: workers and data: images).
+DOCS_CSP = "default-src 'self' 'unsafe-inline' blob: data:; frame-ancestors 'none'; base-uri 'none'"
 
 
 def get_engine(request: Request) -> QueryEngine:
@@ -79,6 +89,43 @@ def _train_what_is_not_covered(settings: Settings, engine: QueryEngine) -> None:
             request_training(settings, kb, build.entries.values())
         except (OSError, KbsearchError) as exc:
             log.warning("could not start the KB reranker training for %r: %s", kb, exc)
+
+
+def add_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/docs`` and ReDoc at ``/redoc`` from the package, as FastAPI's "Custom Docs UI Static
+    Assets (Self-Hosting)" shows: the pages FastAPI renders, pointed at ``DOCS_ASSETS`` mounted on
+    ``DOCS_ASSETS_PATH`` instead of a CDN, so they work on an intranet. The app must be made with
+    ``docs_url=None, redoc_url=None``."""
+    openapi_url, redirect_url = app.openapi_url, app.swagger_ui_oauth2_redirect_url
+    assert openapi_url is not None and redirect_url is not None
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")  # behind a proxy's path prefix, as FastAPI's own /docs
+        page = get_swagger_ui_html(
+            openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI", oauth2_redirect_url=root + redirect_url,
+            swagger_js_url=f"{root}{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_PATH}/favicon.png",
+            # no badge from the public validator: it would send the schema's URL off the intranet
+            swagger_ui_parameters={"validatorUrl": None})
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{DOCS_ASSETS_PATH}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_ASSETS_PATH}/favicon.png",
+                              with_google_fonts=False)  # the system fonts: Google's are not on an intranet
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
 
 
 def create_app(settings: Settings, engine: QueryEngine | None = None, judge: PairJudge | None = None,
@@ -119,8 +166,9 @@ def create_app(settings: Settings, engine: QueryEngine | None = None, judge: Pai
             ops.db.dispose()
         engine.close()
 
-    app = FastAPI(title="kbsearch", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="kbsearch", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Customer-service FAQ retrieval: answers from the knowledge base or hands off.")
+    add_docs(app)
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.ops = ops
