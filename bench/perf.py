@@ -124,6 +124,16 @@ class Server:
         self.log.close()
 
 
+SEE_ALSO = """
+Other backends, each measured side by side with the default by its own script:
+
+- The Milvus vector backend against FAISS (search and similarity latency, one query at a time, 10k and 100k rows):
+  `bench/milvus_vs_faiss.py`, in [milvus.md](milvus.md#latency-against-faiss).
+- Models on a model server (Infinity, OpenAI-compatible) against in process: `bench/remote_models.py`, in
+  [remote_models.md](remote_models.md).
+"""
+"""What ``docs/performance.md`` ends with: where the other backends' figures are."""
+
 IMPORTS = "import kbsearch.cli; from kbsearch.api.app import create_app; import onnxruntime, faiss, tokenizers"
 """What ``kbsearch serve`` imports before it can answer with e5-small on ONNX Runtime (the CPU default): torch and
 transformers are not imported unless a model needs them."""
@@ -270,8 +280,8 @@ def main() -> None:
     if not args.no_write:
         doc = REPO / "docs" / "performance.md"
         doc.write_text("# Performance by knowledge-base size\n\nWritten by `bench/perf.py` (its docstring says what each "
-                       "column measures); regenerate it with that script rather than editing it.\n\n" + table + "\n",
-                       encoding="utf-8")
+                       "column measures); regenerate it with that script rather than editing it.\n\n" + table + "\n"
+                       + SEE_ALSO, encoding="utf-8")
         print(f"wrote {doc}")
 
 
