@@ -231,6 +231,24 @@ def test_a_server_that_comes_up_later_is_picked_up_without_a_restart(settings: S
         engine.close()
 
 
+def test_a_build_records_the_served_model_and_another_one_is_refused(settings: Settings, make_engine):
+    """The remote model's id and dimension go into the manifest like a local model's, and a service asking
+    another served model (or the same one with other prompts) refuses the build's vectors, as for local models."""
+    hashing = HashEmbedder(dim=64)
+    hashing.load()
+    server = FakeServer(embeddings_of(lambda inputs: hashing.embed_documents(list(inputs))))
+    entries = SMALL_KB[:4]
+    result = build_index(settings, "default", entries, [one_chunk(e) for e in entries], _embedder(server), {})
+    manifest = json.loads((result.path / "manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["model_id"], manifest["embedder"]["dim"], manifest["embedder"]["backend"]) == \
+        ("served-model", 64, "openai")
+    assert not make_engine(embedder=_embedder(server)).ask(entries[0].question).degraded
+    other = OpenAIEmbedder(BASE, "another-model", transport=server.transport)
+    for embedder in (other, _embedder(server, query_prompt="query: ")):
+        a = make_engine(embedder=embedder).ask(entries[0].question)
+        assert a.degraded and a.mode == "bm25" and [c for c, _ in a.trace.fallbacks] == ["model-mismatch"]
+
+
 # --- the real thing: Infinity on loopback --------------------------------------------------------------------
 
 def _held_in_questions() -> list[str]:
