@@ -67,3 +67,19 @@ def ensure_binary(binary: str, package: str) -> str:
     if path is None:
         _unavailable(f"{binary} not found; apt-get install {package} failed (exit {proc.returncode}): {_tail(proc)}")
     return path
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+"""Debian's chromium headless as root on a closed network: no sandbox (root), and none of the background
+connections it would try (and have refused, many at a time) at every start."""
+
+
+def chromium_and_playwright():
+    """(Debian's chromium, Playwright's ``sync_playwright``) for a browser test; skips, or fails under
+    ``KBSEARCH_TEST_REQUIRE_TOOLS=1``, when either is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    return ensure_binary("chromium", "chromium"), sync_playwright

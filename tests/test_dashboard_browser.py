@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from debian import ensure_binary
+from debian import CHROMIUM_ARGS, chromium_and_playwright
 from servers import get, post, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -34,18 +34,8 @@ UNCOVERED = "能不能用比特币买东西"  # the operator attaches it to zh-0
 TARGET = "zh-014"
 
 
-def _chromium_and_playwright():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("KBSEARCH_TEST_REQUIRE_TOOLS") == "1":
-            pytest.fail("playwright is not installed (pip install -e '.[test]')")
-        pytest.skip("playwright is not installed")
-    return ensure_binary("chromium", "chromium"), sync_playwright
-
-
 def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path):
-    chromium, sync_playwright = _chromium_and_playwright()
+    chromium, sync_playwright = chromium_and_playwright()
     home = tmp_path / "home"
     shutil.copytree(ingested_home[0], home)
     shots = Path(os.environ.get("KBSEARCH_TEST_SCREENSHOTS") or tmp_path / "screenshots")
@@ -79,9 +69,7 @@ def test_dashboard_shows_the_replay_and_closes_the_loop(ingested_home, tmp_path)
             kinds.setdefault(a["decision"]["score_kind"], []).append(a["answered"])
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"])
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 1000}, locale="en-US")
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -21,8 +21,8 @@ from kbsearch.api.app import create_app
 from kbsearch.embed.fake import HashEmbedder
 from kbsearch.rerank import make_rerank_planner
 from kbsearch.service.query import QueryEngine
+from debian import CHROMIUM_ARGS, chromium_and_playwright
 from servers import running_server
-from test_dashboard_browser import _chromium_and_playwright
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -66,15 +66,13 @@ def test_docs_pages_load_their_assets_from_the_app(settings):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_swagger_ui_and_redoc_render_in_a_browser_that_cannot_leave_loopback(tmp_path):
-    chromium, sync_playwright = _chromium_and_playwright()
+    chromium, sync_playwright = chromium_and_playwright()
     # the pages need no knowledge base and no model: an empty home and the hash embedder start in seconds
     env = {**os.environ, "KBSEARCH_HOME": str(tmp_path / "home"), "KBSEARCH_EMBED__BACKEND": "hash",
            "KBSEARCH_QUESTIONLOG__URL": f"sqlite:///{tmp_path / 'questions.db'}"}
     with running_server(env, expect_ready=False) as base:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-quic"])
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
             outside: list[str] = []
             loaded: list[tuple[int, str]] = []
