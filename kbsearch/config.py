@@ -446,8 +446,9 @@ class Settings(BaseSettings):
 
     model_load_retry_s: float = Field(
         30.0, ge=0, le=86400, description="A server whose embedder or reranker failed to load (a model server not up "
-        "yet, a GPU busy) tries again this often in the background, and serves with it once it loads; meanwhile "
-        "BM25 (or the first stage) answers and /readyz says why (0 = never retry: restart to try again).")
+        "yet, a GPU busy), or a build whose vector index on a Milvus server did not load, tries again this often in "
+        "the background, and serves with it once it loads; meanwhile BM25 (or the first stage) answers and /readyz "
+        "says why (0 = never retry: restart to try again).")
 
     embed: EmbedSettings = EmbedSettings()
     index: IndexSettings = IndexSettings()

@@ -136,6 +136,28 @@ def test_a_dropped_collection_is_a_clear_error(tmp_path):
     assert again.vectors is None and "missing" in again.vector_error and again.bm25 is not None
 
 
+def test_a_server_index_that_did_not_load_is_tried_again(tmp_path, monkeypatch, make_engine):
+    """Milvus down when the build loaded: BM25 answers, and the next retry serves the vectors, no restart."""
+    import kbsearch.index.store as store
+
+    s = _settings(tmp_path / "home").updated(model_load_retry_s=0.01)
+    _build(s)
+    real = store.load_vector_index
+
+    def down(*args, **kwargs):
+        raise BackendError("milvus at http://milvus:19530 is unreachable")
+
+    monkeypatch.setattr(store, "load_vector_index", down)
+    engine = make_engine(s)
+    before = engine.ask(SMALL_KB[0].question)
+    assert before.degraded and before.mode == "bm25" and "unreachable" in engine.status()["kbs"]["default"]["vector"]
+    monkeypatch.setattr(store, "load_vector_index", real)
+    time.sleep(0.02)
+    engine.retry_models()
+    after = engine.ask(SMALL_KB[0].question)
+    assert not after.degraded and after.mode == "vector" and engine.status()["ready"]
+
+
 def test_a_collection_with_other_rows_is_corrupt(tmp_path):
     s = _settings(tmp_path / "home")
     built = _build(s)

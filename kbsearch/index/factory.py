@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 #: Backend name -> the file its index is saved as inside a build directory (milvus: where its collection is).
 VECTOR_FILES = {"faiss": "vectors.faiss", "numpy": "vectors.npy", "milvus": "milvus.json"}
 
+SERVER_BACKENDS = frozenset({"milvus"})
+"""Backends whose vectors live on a server rather than in the build's file: an index that did not load may
+load on a later try (the server was down), where a file that did not load is damaged."""
+
 RECALL_K = 50
 """The recall check's k: the rows the service takes from the vector index (``RetrieveSettings.vector_top_k``)."""
 RECALL_QUERIES = 200

@@ -22,8 +22,9 @@ from pathlib import Path
 from kbsearch.codes import FallbackCause
 from kbsearch.config import kb_dir as _kb_dir
 from kbsearch.embed.base import Embedder
-from kbsearch.errors import IndexCorruptError, NotFoundError
+from kbsearch.errors import IndexCorruptError, KbsearchError, NotFoundError
 from kbsearch.index.builder import embedder_differences
+from kbsearch.index.factory import SERVER_BACKENDS, load_vector_index
 from kbsearch.index.store import Build, active_build_id, build_ids, load_build
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,31 @@ class BuildCache:
         if self._problems.get(kb) != why:
             log.error("knowledge base %r: %s", kb, why)
             self._problems[kb] = why
+
+    def retry_vectors(self) -> list[str]:
+        """Load again the vector index of each held build whose index lives on a server (Milvus) and did not
+        load (the server was down when the build loaded); returns the KBs whose index loaded now.
+
+        A file-backed index that did not load is corrupt or missing, which a retry does not mend: only a new
+        build does (the cache loads it when ``ACTIVE`` moves).
+        """
+        loaded = []
+        with self._lock:
+            for kb, build in self._builds.items():
+                vi = build.manifest.vector_index
+                if build.vectors is not None or vi.backend not in SERVER_BACKENDS:
+                    continue
+                try:
+                    index = load_vector_index(vi.backend, build.path / vi.file, device=self.device,
+                                              token=self._milvus_token)
+                except KbsearchError as exc:
+                    build.vector_error = str(exc)
+                    continue
+                build.vectors, build.vector_error, build.vector_cause = index, None, None
+                self._check_embedder(build)
+                if build.vectors is not None:
+                    loaded.append(kb)
+        return loaded
 
     def check_loaded(self) -> None:
         """Check every held build against the embedder, which has just loaded (builds loaded before went unchecked)."""

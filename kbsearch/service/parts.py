@@ -98,14 +98,20 @@ class EngineParts:
             self.load_seconds[name] = time.perf_counter() - t
 
     def retry_models(self) -> list[str]:
-        """Load again a model that failed to load, once ``model_load_retry_s`` has passed since the last try.
+        """Load again a model that failed to load, and a build's vector index held by a server (Milvus) that did
+        not, once ``model_load_retry_s`` has passed since the last try.
 
-        A remote model server that was not up when the service started (or a GPU that was busy) is picked
-        up without a restart. Returns the models that loaded now.
+        A remote model server or a Milvus cluster that was not up when the service started (or a GPU that was
+        busy) is picked up without a restart. Returns the models that loaded now.
         """
         failed = [name for name, error in (("embedder", self.vector.error), ("reranker", self.reranker_error)) if error]
         every = self.settings.model_load_retry_s
-        if not failed or every <= 0 or time.monotonic() - self._models_tried < every:
+        if every <= 0 or time.monotonic() - self._models_tried < every:
+            return []
+        for kb in self.builds.retry_vectors():
+            log.warning("knowledge base %r: its vector index loaded on a later try; serving with it", kb)
+        if not failed:
+            self._models_tried = time.monotonic()
             return []
         self._load_models(failed)
         if "embedder" in failed and self.vector.error is None:
