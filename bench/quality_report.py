@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--benchmarks", default=str(REPO.parent / "shared" / "benchmarks"))
     p.add_argument("--out", default=str(REPO / "docs" / "quality.md"))
     p.add_argument("--limit", type=int, default=0, help="only the first N queries of each set (smoke runs)")
+    p.add_argument("--sets", nargs="+", choices=[name for name, _, _ in SETS], default=None,
+                   help="only these sets (default: all; a partial run's page says which it measured)")
     args = p.parse_args()
     started = time.perf_counter()
     base = Settings()
@@ -52,6 +54,8 @@ def main() -> None:
     sections: list[str] = []
     summary: list[tuple] = []
     for name, qfile, calibrate_first in SETS:
+        if args.sets and name not in args.sets:
+            continue
         bench = Path(args.benchmarks) / name
         with tempfile.TemporaryDirectory(prefix="kbsearch-quality-") as home:
             settings = base.updated(home=Path(home))
